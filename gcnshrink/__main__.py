@@ -1,0 +1,3 @@
+from gcnshrink.cli import main
+
+main()

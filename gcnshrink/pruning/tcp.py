@@ -1,0 +1,354 @@
+"""``tcp``: topologically consistent pruning (Sahbi, arXiv 2306.17590 / 2203.13616).
+
+Magnitude pruning at very high rates keeps weights that no kept path from the input reaches
+(not *accessible*) or from which no kept path reaches the output (not *co-accessible*). They cost
+budget and do nothing. TCP keeps only consistent connections, during training and in the result.
+
+What is implemented (docs/methods.md has the reasoning):
+
+1. Magnitude mask, trainable: M = step(|Ŵ| − τ) in the forward pass, with the gradient of
+   sigmoid((|Ŵ| − τ)/T) in the backward pass (a straight-through estimator). τ is one global
+   threshold set at the start so that the consistent part of {|Ŵ| > τ} is about the budget; the
+   temperature T = t·τ is annealed geometrically from ``temperature_start`` to ``temperature_end``.
+2. Accessibility, the forward "supervisory network", on the model's unit graph: input units are 1;
+   a unit's pre-activation is Σ M_e · a_source(e) over its incoming entries plus its signal links
+   (identity residuals, flatten); a = h(z) with h(z) = 1[z > 0] forward and 1 − exp(−z) backward.
+3. Co-accessibility, the backward network: output units are 1; a unit's pre-activation is
+   Σ M_e · c_target(e) over its outgoing entries plus all its links (attention steering included);
+   c = h(z).
+4. Consistent mask M̃_e = M_e · a_source(e) · c_target(e); the weight used is Ŵ ⊙ M̃.
+5. Loss: cross-entropy + λ·((Σ M̃ − c)/c)², the budget counting consistent connections only.
+6. Final hard mask (and every epoch's deliverable): :func:`consistent_budget_masks`, the largest
+   magnitudes among consistent connections, exactly c of them (see its docstring).
+
+Attention projections (query/key) steer the aggregation rather than carry channels. They are in the
+budget like any weight; a query/key entry is consistent when its source unit is accessible and the
+head it steers has a co-accessible output unit (steering links carry co-accessibility back, not
+accessibility forward).
+
+``tcp-posthoc`` is the cheap variant: magnitude pruning, then inconsistent weights removed and their
+budget handed to the next-largest consistent ones, then masked fine-tuning with those fixed masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from gcnshrink.pruning.base import (
+    HardMask,
+    PruneSpec,
+    PruningMethod,
+    budget_per_tensor,
+    global_budget,
+    latent_weight,
+)
+from gcnshrink.units import SIGNAL_LINKS, Link, TensorBinding, UnitGraph
+
+
+# ---------------------------------------------------------------------------- the exact projection
+def _normalised_scores(scores: dict[str, torch.Tensor], scope: str) -> dict[str, torch.Tensor]:
+    """Global scope ranks raw scores; layer scope ranks each tensor's quantiles on one scale."""
+    if scope == "global":
+        return scores
+    out = {}
+    for name, s in scores.items():
+        flat = s.reshape(-1)
+        ranks = torch.empty_like(flat)
+        ranks[torch.argsort(flat, stable=True)] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype)
+        out[name] = (ranks / flat.numel()).view_as(s)
+    return out
+
+
+def consistent_budget_masks(
+    graph: UnitGraph,
+    scores: dict[str, torch.Tensor],
+    spec: PruneSpec,
+    dense_masks: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Exactly c kept entries, all consistent, preferring high scores.
+
+    Take the top-k entries by score and keep their consistent part. That part only grows with k
+    (adding an edge never makes another edge inconsistent), so a binary search finds the smallest k
+    whose consistent part holds at least c entries. If it holds more, the lowest-scored entries are
+    trimmed, but only those whose removal leaves every unit's accessibility and co-accessibility as
+    it was (the target keeps another incoming edge, the source another outgoing one), so the result
+    stays consistent. ``dense_masks`` are the tensors out of scope (kept whole, outside the budget).
+
+    With ``scope="layer"`` the budget is the sum of the per-tensor budgets and scores are ranked
+    within each tensor, so each tensor keeps about its share.
+    """
+    dense_masks = dense_masks or {}
+    names = list(scores)
+    sizes = {n: scores[n].numel() for n in names}
+    if spec.scope == "layer":
+        budget = sum(budget_per_tensor(sizes, spec.rate).values())
+    else:
+        budget = global_budget(sizes, spec.rate)
+    ranked = _normalised_scores({n: scores[n].detach().float().cpu() for n in names}, spec.scope)
+    flat = torch.cat([ranked[n].reshape(-1) for n in names])
+    order = torch.argsort(flat, descending=True, stable=True)
+    offsets = np.cumsum([0] + [sizes[n] for n in names])
+
+    def split(keep_flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        masks = {n: keep_flat[offsets[i] : offsets[i + 1]].view(scores[n].shape) for i, n in enumerate(names)}
+        return {**dense_masks, **masks}
+
+    def consistent_top(k: int) -> dict[str, torch.Tensor]:
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[order[:k]] = True
+        cons = graph.consistent(split(keep))
+        return {n: cons[n].view(scores[n].shape) for n in names}
+
+    def count(masks: dict[str, torch.Tensor]) -> int:
+        return sum(int(masks[n].sum()) for n in names)
+
+    lo, hi = budget, flat.numel()
+    best = consistent_top(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cand = consistent_top(mid)
+        if count(cand) >= budget:
+            hi, best = mid, cand
+        else:
+            lo = mid + 1
+    if count(best) < budget:
+        best = consistent_top(hi)
+    excess = count(best) - budget
+    if excess > 0:
+        best = _trim(graph, best, ranked, excess, dense_masks)
+    return {n: best[n].to(scores[n].device) for n in names}
+
+
+def _trim(graph: UnitGraph, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], excess: int, dense_masks) -> dict[str, torch.Tensor]:
+    """Drop ``excess`` low-score entries without changing any unit's (co-)accessibility."""
+    full = {**dense_masks, **masks}
+    acc, coacc = graph.accessible(full), graph.coaccessible(full)
+    big = 1 << 40  # a link keeps its unit's status whatever happens to weights
+    in_count = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
+    out_count = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
+    for s in graph.spaces:
+        if s.role == "input":
+            in_count[s.name][:] = big
+        if s.role == "output":
+            out_count[s.name][:] = big
+    entry_units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for b in graph.prunable:
+        src, dst = graph.entry_units(b, full[b.name].shape)
+        kept = full[b.name].reshape(-1)
+        np.add.at(in_count[b.target], dst[kept].numpy(), 1)
+        np.add.at(out_count[b.source], src[kept].numpy(), 1)
+        entry_units[b.name] = (src.numpy(), dst.numpy())
+    for link in graph.links:
+        if link.kind in SIGNAL_LINKS:
+            live = acc[link.source][link.source_units].numpy()
+            np.add.at(in_count[link.target], link.target_units.numpy()[live], big)
+        useful = coacc[link.target][link.target_units].numpy()
+        np.add.at(out_count[link.source], link.source_units.numpy()[useful], big)
+    candidates = []
+    for name, m in masks.items():
+        idx = torch.nonzero(m.reshape(-1)).squeeze(1)
+        candidates.append((scores[name].reshape(-1)[idx], [name] * len(idx), idx))
+    cand_scores = torch.cat([c[0] for c in candidates])
+    cand_names = [n for c in candidates for n in c[1]]
+    cand_idx = torch.cat([c[2] for c in candidates]).tolist()
+    binding = graph.binding_by_name
+    trimmed = {n: m.reshape(-1).clone() for n, m in masks.items()}
+    for pos in torch.argsort(cand_scores, stable=True).tolist():
+        if excess == 0:
+            break
+        name, e = cand_names[pos], cand_idx[pos]
+        b: TensorBinding = binding[name]
+        src_units, dst_units = entry_units[name]
+        u, v = src_units[e], dst_units[e]
+        if in_count[b.target][v] > 1 and out_count[b.source][u] > 1:
+            in_count[b.target][v] -= 1
+            out_count[b.source][u] -= 1
+            trimmed[name][e] = False
+            excess -= 1
+    return {n: trimmed[n].view(masks[n].shape) for n in masks}
+
+
+# ---------------------------------------------------------------------------- training-time network
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Value of ``hard``, gradient of ``soft``."""
+    return hard + (soft - soft.detach())
+
+
+def reach_step(z: torch.Tensor) -> torch.Tensor:
+    """h(z): 1[z > 0] forward, d(1 − e^(−z)) backward (units with few paths are sensitive)."""
+    return straight_through((z > 0).to(z.dtype), 1.0 - torch.exp(-z))
+
+
+class TopologyController(nn.Module):
+    """Computes the consistent masks M̃ of every target tensor once per forward pass."""
+
+    def __init__(self, graph: UnitGraph, targets: list[TensorBinding], latent: dict[str, torch.Tensor], threshold: float, temperature: float):
+        super().__init__()
+        self.graph = graph
+        self.targets = targets
+        self.target_names = {b.name for b in targets}
+        self.latent = latent
+        self.threshold = threshold
+        self.temperature = temperature
+        self.current: dict[str, torch.Tensor] = {}
+        self.entries = {b.name: tuple(t.to(latent[b.name].device) for t in graph.entry_units(b, latent[b.name].shape)) for b in graph.prunable if b.name in latent}
+
+    def magnitude_masks(self) -> dict[str, torch.Tensor]:
+        masks = {}
+        for name, w in self.latent.items():
+            if name not in self.target_names:
+                masks[name] = torch.ones_like(w)
+                continue
+            margin = w.abs() - self.threshold
+            masks[name] = straight_through((margin > 0).to(w.dtype), torch.sigmoid(margin / self.temperature))
+        return masks
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        graph = self.graph
+        masks = {n: m.reshape(-1) for n, m in self.magnitude_masks().items()}
+        device = next(iter(self.latent.values())).device
+        if next(iter(self.entries.values()))[0].device != device:
+            self.entries = {n: (s.to(device), d.to(device)) for n, (s, d) in self.entries.items()}
+        acc: dict[str, torch.Tensor] = {}
+        for space in graph.spaces:
+            if space.role == "input":
+                acc[space.name] = torch.ones(space.width, device=device)
+                continue
+            z = torch.zeros(space.width, device=device)
+            for edge in graph._incoming(space.name):
+                if isinstance(edge, Link):
+                    if edge.kind in SIGNAL_LINKS:
+                        z = z.index_add(0, edge.target_units.to(device), acc[edge.source][edge.source_units.to(device)])
+                    continue
+                src, dst = self.entries[edge.name]
+                z = z.index_add(0, dst, masks[edge.name] * acc[edge.source][src])
+            acc[space.name] = reach_step(z)
+        coacc_z: dict[str, torch.Tensor] = {s.name: torch.zeros(s.width, device=device) for s in graph.spaces}
+        coacc: dict[str, torch.Tensor] = {}
+        for space in reversed(graph.spaces):
+            if space.role == "output":
+                coacc[space.name] = torch.ones(space.width, device=device)
+            else:
+                coacc[space.name] = reach_step(coacc_z[space.name])
+            here = coacc[space.name]
+            for edge in graph._incoming(space.name):
+                if isinstance(edge, Link):
+                    coacc_z[edge.source] = coacc_z[edge.source].index_add(0, edge.source_units.to(device), here[edge.target_units.to(device)])
+                    continue
+                src, dst = self.entries[edge.name]
+                coacc_z[edge.source] = coacc_z[edge.source].index_add(0, src, masks[edge.name] * here[dst])
+        self.current = {}
+        for b in self.targets:
+            src, dst = self.entries[b.name]
+            consistent = masks[b.name] * acc[b.source][src] * coacc[b.target][dst]
+            self.current[b.name] = consistent.view(self.latent[b.name].shape)
+        return self.current
+
+
+class ConsistentMask(nn.Module):
+    """W -> W ⊙ M̃, M̃ taken from the controller's current pass."""
+
+    def __init__(self, controller: TopologyController, name: str):
+        super().__init__()
+        # a plain attribute, not a submodule: every parametrization shares the one controller
+        object.__setattr__(self, "controller", controller)
+        self.name = name
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mask = self.controller.current.get(self.name)
+        if mask is None:  # outside a controlled forward (e.g. state inspection): no mask yet
+            return weight
+        return weight * mask
+
+
+# ---------------------------------------------------------------------------- the methods
+class TopologicallyConsistentPruning(PruningMethod):
+    name = "tcp"
+
+    def __init__(
+        self,
+        spec: PruneSpec,
+        seed: int = 0,
+        budget_weight: float = 5.0,
+        temperature_start: float = 0.3,
+        temperature_end: float = 0.03,
+        **options,
+    ):
+        super().__init__(spec, seed, budget_weight=budget_weight, temperature_start=temperature_start, temperature_end=temperature_end, **options)
+        self.budget_weight = budget_weight
+        self.temperature_start, self.temperature_end = temperature_start, temperature_end
+        self.controller: TopologyController | None = None
+        self.budget = 0
+
+    def dense_masks(self) -> dict[str, torch.Tensor]:
+        """Out-of-scope prunable tensors (``--exclude``) are kept whole."""
+        names = {b.name for b in self.targets}
+        return {b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu() for b in self.graph.prunable if b.name not in names}
+
+    def projected_masks(self) -> dict[str, torch.Tensor]:
+        scores = {n: w.detach().abs() for n, w in self.latent().items()}
+        return consistent_budget_masks(self.graph, scores, self.spec, self.dense_masks())
+
+    def _attach(self) -> None:
+        masks = self.projected_masks()
+        sizes = self.sizes()
+        self.budget = sum(budget_per_tensor(sizes, self.spec.rate).values()) if self.spec.scope == "layer" else global_budget(sizes, self.spec.rate)
+        # τ: the smallest kept magnitude, so the magnitude mask starts around the consistent set
+        kept = torch.cat([w.detach().abs().reshape(-1)[masks[n].reshape(-1)] for n, w in self.latent().items()])
+        threshold = float(kept.min()) * 0.999 if kept.numel() else 0.0
+        latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
+        self.controller = TopologyController(self.graph, self.targets, latent_all, max(threshold, 1e-12), self.temperature_start * max(threshold, 1e-12))
+        for b in self.targets:
+            self.register(b.name, ConsistentMask(self.controller, b.name))
+        # refresh the masks before every forward pass of the model being fine-tuned
+        self.model.register_forward_pre_hook(self._refresh_masks)
+
+    def _refresh_masks(self, module, args) -> None:
+        self.controller.compute()
+
+    def on_step(self, progress: float) -> None:
+        ratio = self.temperature_end / self.temperature_start
+        self.controller.temperature = self.controller.threshold * self.temperature_start * ratio ** min(max(progress, 0.0), 1.0)
+
+    def extra_loss(self) -> torch.Tensor:
+        kept = sum(m.sum() for m in self.controller.current.values())
+        return self.budget_weight * ((kept - self.budget) / self.budget) ** 2
+
+    def consistent_count(self) -> int:
+        return int(sum(float(m.detach().sum()) for m in self.controller.current.values()))
+
+    def final_masks(self) -> dict[str, torch.Tensor]:
+        return self.projected_masks()
+
+
+class PosthocConsistentPruning(PruningMethod):
+    """``tcp-posthoc``: consistent exact-budget masks from the dense magnitudes, then masked fine-tuning."""
+
+    name = "tcp-posthoc"
+
+    def _attach(self) -> None:
+        names = {b.name for b in self.targets}
+        dense = {b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu() for b in self.graph.prunable if b.name not in names}
+        scores = {n: w.detach().abs() for n, w in self.latent().items()}
+        self.masks = consistent_budget_masks(self.graph, scores, self.spec, dense)
+        for name, mask in self.masks.items():
+            self.register(name, HardMask(mask))
+
+    def final_masks(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.masks.items()}
+
+
+def budget_is_met(masks: dict[str, torch.Tensor], spec: PruneSpec) -> bool:
+    sizes = {n: m.numel() for n, m in masks.items()}
+    return sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, spec.rate)
+
+
+__all__ = [
+    "ConsistentMask",
+    "PosthocConsistentPruning",
+    "TopologicallyConsistentPruning",
+    "TopologyController",
+    "consistent_budget_masks",
+]

@@ -1,0 +1,315 @@
+"""Compaction removes dead units and leaves the logits unchanged (docs/compaction.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from gcnshrink.compact import (
+    CONSTANT_FOLDED,
+    CONSTANT_KEY,
+    KEPT_COUPLED,
+    KEPT_NOT_FOLDABLE,
+    USELESS,
+    ZERO,
+    CompactionError,
+    compact_model,
+    kept_units,
+)
+from gcnshrink.errors import GcnshrinkError
+from gcnshrink.layouts import get_layout
+from gcnshrink.models import create_model
+
+FRAMES = 16
+
+
+def small_gcn(layout: str = "sbu15"):
+    torch.manual_seed(0)
+    return create_model("gcn", layout=get_layout(layout), num_classes=5, hidden=32).eval()
+
+
+def small_stgcn():
+    torch.manual_seed(0)
+    model = create_model("stgcn", layout=get_layout("sbu15"), num_classes=5, base_width=8)
+    # fresh batch norms are identities; trained ones shift and scale, which is what folding meets
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+                module.running_mean.normal_(0.0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.2)
+                module.bias.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def calibration(model, batch: int = 4):
+    torch.manual_seed(1)
+    return model.example_input(batch, FRAMES)
+
+
+def magnitude_prune(model, rate: float) -> None:
+    """Set the smallest ``rate`` of every prunable weight to exact zero (masks baked in)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for binding in model.unit_graph().prunable:
+            weight = params[binding.name]
+            count = int(rate * weight.numel())
+            if count:
+                threshold = weight.abs().flatten().kthvalue(count).values
+                weight[weight.abs() <= threshold] = 0.0
+
+
+def logits(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def assert_same_logits(original, compacted, x, tolerance: float = 1e-5):
+    before, after = logits(original, x), logits(compacted, x)
+    relative = (after - before).abs().max() / before.abs().max()
+    assert relative <= tolerance, f"relative logit difference {relative:.3g}"
+
+
+def removed(result, space: str, reason: str) -> list[int]:
+    return result.spaces[space].removed.get(reason, [])
+
+
+# ---------------------------------------------------------------------------- random pruning
+@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])
+def test_random_pruning_compacts_without_changing_logits(arch, rate):
+    model = small_gcn() if arch == "gcn" else small_stgcn()
+    magnitude_prune(model, rate)
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    assert result.relative_diff <= 1e-5
+    assert_same_logits(model, result.model, x)
+    assert result.params_after <= result.params_before
+    if rate == 0.99:  # this sparse, whole units are certainly dead
+        assert result.params_after < result.params_before
+        assert any(s.width_after < s.width_before for s in result.spaces.values())
+    for name, space in result.spaces.items():
+        if space.role != "hidden":
+            assert space.width_after == space.width_before, name
+
+    # the compacted model is described by its config alone (a checkpoint can rebuild it)
+    config = json.loads(json.dumps(result.model.config))
+    rebuilt = create_model(arch, **config)
+    rebuilt.load_state_dict(result.model.state_dict(), strict=True)
+    assert torch.equal(logits(rebuilt, x), logits(result.model, x))
+
+
+@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+def test_compaction_is_idempotent(arch):
+    model = small_gcn("hand21") if arch == "gcn" else small_stgcn()
+    magnitude_prune(model, 0.97)
+    x = calibration(model)
+    once = compact_model(model, x).model
+
+    twice = compact_model(once, x)
+
+    assert twice.params_after == twice.params_before
+    assert all(not space.removed for space in twice.spaces.values())
+    assert twice.max_abs_logit_diff == 0.0
+
+
+@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+def test_dense_model_loses_nothing(arch):
+    model = small_gcn() if arch == "gcn" else small_stgcn()
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    assert result.params_after == result.params_before
+    assert result.model.config == model.config
+    assert result.max_abs_logit_diff == 0.0
+
+
+# ---------------------------------------------------------------------------- constant folding
+def test_gcn_constant_units_are_folded_into_the_next_biases():
+    model = small_gcn()
+    first, last, hidden = [3, 17, 40], [5, 33], [7]
+    with torch.no_grad():
+        # no incoming weight, positive bias: after the row-stochastic aggregation and the ReLU
+        # these units are nonzero constants
+        for block, units in ((0, first), (2, last)):
+            value = model.blocks[block].value
+            value.weight[units] = 0.0
+            value.bias[units] = torch.tensor([0.5, 1.0, 1.5][: len(units)])
+        model.fc.weight[hidden] = 0.0
+        model.fc.bias[hidden] = 0.8
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    assert removed(result, "block0.out", CONSTANT_FOLDED) == first
+    # the last block reaches the FC layer through the node-major flatten: Σ_v W[:, v·C + c]·const
+    assert removed(result, "block2.out", CONSTANT_FOLDED) == last
+    assert removed(result, "hidden", CONSTANT_FOLDED) == hidden
+    assert result.model.fc.in_features == model.fc.in_features - len(last) * model.nodes
+    assert result.relative_diff <= 1e-5
+    assert_same_logits(model, result.model, x)
+
+
+def test_stgcn_constant_graph_conv_output_stays_unless_zero():
+    model = small_stgcn()
+    block = model.st_gcn_networks[1]
+    width = model.config["blocks"][1]["mid"]
+    constant_unit, zero_unit = 2, 5
+    with torch.no_grad():
+        for unit in (constant_unit, zero_unit):
+            rows = [k * width + unit for k in range(block.gcn.partitions)]  # interleaved k·C + c
+            block.gcn.conv.weight[rows] = 0.0
+            block.gcn.conv.bias[rows] = 0.0
+            block.tcn[0].running_mean[unit] = 0.0
+        # batch norm of the zero graph-conv output: its bias, then the ReLU
+        block.tcn[0].bias[constant_unit] = 0.7
+        block.tcn[0].bias[zero_unit] = -0.7
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    # the temporal conv pads with zeros, so a constant input is not a constant bias at the borders
+    report = result.spaces["block1.gcn"]
+    assert report.kept_notes[KEPT_NOT_FOLDABLE] == [constant_unit]
+    assert removed(result, "block1.gcn", ZERO) == [zero_unit]
+    assert result.model.config["blocks"][1]["mid"] == width - 1
+    assert_same_logits(model, result.model, x)
+
+
+def test_a_wrong_fold_is_caught_by_the_logit_check(monkeypatch):
+    model = small_stgcn()
+    block = model.st_gcn_networks[1]
+    width = model.config["blocks"][1]["mid"]
+    with torch.no_grad():
+        rows = [k * width + 2 for k in range(block.gcn.partitions)]
+        block.gcn.conv.weight[rows] = 0.0
+        block.gcn.conv.bias[rows] = 0.0
+        block.tcn[0].running_mean[2] = 0.0
+        block.tcn[0].bias[2] = 0.7
+    declared = model.unit_graph
+
+    def graph_claiming_the_padded_conv_folds():
+        graph = declared()
+        for binding in graph.bindings:
+            binding.folds_constant = True
+        return graph
+
+    monkeypatch.setattr(model, "unit_graph", graph_claiming_the_padded_conv_folds)
+    with pytest.raises(CompactionError, match="changes the logits"):
+        compact_model(model, calibration(model))
+    assert issubclass(CompactionError, GcnshrinkError)
+
+
+# ---------------------------------------------------------------------------- attention
+def test_gcn_dead_head_takes_its_query_and_key_dims():
+    model = small_gcn()
+    head_width, key_width = model.config["head_width"], model.config["key_width"]
+    with torch.no_grad():
+        model.blocks[0].value.weight[:head_width] = 0.0
+        model.blocks[0].value.bias[:head_width] = 0.0
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    assert removed(result, "block0.out", ZERO) == list(range(head_width))
+    assert removed(result, "block0.query", USELESS) == list(range(key_width))
+    assert removed(result, "block0.key", USELESS) == list(range(key_width))
+    spec = result.model.config["blocks"][0]
+    assert spec["value_widths"] == [0, head_width, head_width, head_width]
+    assert spec["key_widths"] == [0, key_width, key_width, key_width]
+    assert_same_logits(model, result.model, x)
+
+
+def test_gcn_constant_keys_leave_the_softmax_unchanged():
+    model = small_gcn()
+    key_width = model.config["key_width"]
+    head_keys = list(range(key_width, 2 * key_width))  # every key dimension of head 1
+    with torch.no_grad():
+        # k_i constant over nodes: q_i·k_i is constant along each softmax row, which softmax ignores
+        model.blocks[1].key.weight[head_keys] = 0.0
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    assert removed(result, "block1.key", CONSTANT_KEY) == head_keys
+    spec = result.model.config["blocks"][1]
+    assert spec["key_widths"][1] == 0  # the head now attends uniformly, as before
+    assert spec["value_widths"][1] == model.config["head_width"]
+    assert_same_logits(model, result.model, x)
+
+
+# ---------------------------------------------------------------------------- identity residuals
+def silence_temporal_output(model, block_index: int, unit: int, level: float) -> None:
+    """Make ``unit`` of a block's temporal branch the constant ``level`` (0 = exact zero)."""
+    block = model.st_gcn_networks[block_index]
+    with torch.no_grad():
+        block.tcn[2].weight[unit] = 0.0
+        block.tcn[2].bias[unit] = 0.0
+        block.tcn[3].running_mean[unit] = 0.0
+        block.tcn[3].bias[unit] = level
+
+
+def test_stgcn_identity_group_keeps_a_unit_alive_in_one_member():
+    model = small_stgcn()
+    silence_temporal_output(model, 0, unit=3, level=0.0)  # block 0 has no residual: out[3] == 0
+    x = calibration(model)
+
+    kept = kept_units(model, x)
+    result = compact_model(model, x)
+
+    # block 1 adds block 0's output back through an identity residual: the chain must agree
+    for block in range(4):
+        assert kept[f"block{block}.out"][3]
+    assert result.spaces["block0.out"].kept_notes[KEPT_COUPLED] == [3]
+    assert result.model.config["blocks"][1]["out"] == 8
+    assert_same_logits(model, result.model, x)
+
+
+@pytest.mark.parametrize(("level", "reason"), [(0.0, ZERO), (0.3, CONSTANT_FOLDED)])
+def test_stgcn_identity_group_loses_a_unit_dead_in_every_member(level, reason):
+    model = small_stgcn()
+    chain = [0, 1, 2, 3]  # blocks joined by identity residuals (block 4 changes width)
+    for block in chain:
+        silence_temporal_output(model, block, unit=3, level=level)
+    x = calibration(model)
+
+    result = compact_model(model, x)
+
+    for block in chain:
+        assert removed(result, f"block{block}.out", reason) == [3]
+        assert result.model.config["blocks"][block]["out"] == 7
+    # constants fold into the interleaved K·C bias of the next graph convs and block 4's residual
+    assert result.relative_diff <= 1e-5
+    assert_same_logits(model, result.model, x)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_input_is_refused_in_one_line():
+    model = small_gcn()
+    with pytest.raises(GcnshrinkError, match="calibration batch has shape"):
+        compact_model(model, torch.zeros(2, 3, FRAMES, 25, 2))
+    with pytest.raises(GcnshrinkError, match="NaN"):
+        compact_model(model, torch.full((2, 3, FRAMES, 15, 2), float("nan")))
+    with pytest.raises(GcnshrinkError, match="tolerance"):
+        compact_model(model, calibration(model), tolerance=-1.0)
+    with pytest.raises(GcnshrinkError, match="gcnshrink model"):
+        compact_model(nn.Linear(2, 2), calibration(model))
+
+
+def test_parametrized_model_must_bake_its_masks_first():
+    class Masked(nn.Module):
+        def forward(self, weight):
+            return weight
+
+    model = small_gcn()
+    parametrize.register_parametrization(model.fc, "weight", Masked())
+    with pytest.raises(GcnshrinkError, match="bake the masks in"):
+        compact_model(model, calibration(model))
