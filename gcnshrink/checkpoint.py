@@ -85,7 +85,7 @@ def json_safe(obj):
 def provenance(seed: int | None = None, data: str | None = None, **extra) -> dict:
     return {
         "gcnshrink_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "seed": seed,
         "data": data,
         "command": " ".join(["gcnshrink", *sys.argv[1:]]) if sys.argv and "gcnshrink" in sys.argv[0] else None,
@@ -104,6 +104,10 @@ def file_sha256(path: str | Path) -> str:
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """load_state_dict with one-line errors naming the first offending key and shapes."""
     own = model.state_dict()
+    state = dict(state)
+    for key, value in own.items():  # exports leave out BN step counters; they only matter to training
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
@@ -125,6 +129,9 @@ def atomic_write(path: str | Path, write, force: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the user's usual permissions
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -135,7 +142,11 @@ def atomic_write(path: str | Path, write, force: bool = False) -> Path:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, force: bool = False) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(ckpt.to_dict(), tmp), force)
+    # everything but tensors goes through JSON first, so the file always loads with weights_only
+    payload = ckpt.to_dict()
+    for key in ("config", "class_names", "provenance", "pruning"):
+        payload[key] = json.loads(json.dumps(payload[key], default=str))
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force)
 
 
 # ---------------------------------------------------------------------------- reading

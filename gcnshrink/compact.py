@@ -19,18 +19,19 @@ Masks are ``masks_from_weights(graph, state)``: an entry is kept iff its weight 
 3. A unit that is not accessible does not depend on the input. Its activation is measured with a
    forward hook at ``graph.probes[space]`` on the calibration batch, in eval mode.
    - identically zero: removed (*zero*);
-   - the same value everywhere (every sample, frame, joint; within 64 float eps, relative) and every
-     consumer that still has a live entry from it folds constants exactly (``folds_constant`` and a
-     ``bias``): removed, and ``weight · constant`` summed over every axis but the target one is
-     added to the consumer's bias (*constant folded*). A consumer reached through a ``flatten``
-     link sees channel c's constant at every flat unit (v, c);
+   - the same value everywhere (every sample, frame and joint, up to rounding: a spread of at most
+     64 float eps times the largest activation of the space), and every consumer that still has a
+     live entry from it folds constants exactly (``folds_constant`` and a ``bias``): removed, and
+     ``weight · constant`` summed over every axis but the target one is added to the consumer's
+     bias (*constant folded*). A consumer reached through a ``flatten`` link sees channel c's
+     constant at every flat unit (v, c);
    - otherwise kept and reported (*constant not foldable*, *input-independent, not constant*).
 4. Coupled spaces keep the same unit set.
    - Spaces joined by ``identity`` links (residual chains) form groups: unit index i goes only if it
      is removable in every member; each member folds its own measured constant, and the identity
      links inside the group need no fold because every member loses the unit.
-   - Attention pairs ``(query_space, key_space)``: dimension i of a head goes iff the head keeps no
-     output unit (*useless*), or key i is input-independent and constant (then q_i·k_i is constant
+   - Attention pairs ``(query_space, key_space)``: dimension i of a head goes iff it is not
+     co-accessible or the head keeps no output unit (*useless*), or key i is input-independent and constant (then q_i·k_i is constant
      along every softmax row, which softmax ignores: *constant key*), or query i is
      input-independent and exactly zero (*zero*). No fold is needed; the attention scale is stored
      in the config and does not change.
@@ -73,9 +74,12 @@ KEPT_NOT_MEASURED = "input-independent, no probe"
 KEPT_COUPLED = "removable here, not in a coupled space"
 KEPT_LAST_UNIT = "last unit of the space"
 
-# A float computation of an input-independent unit is not bit-identical everywhere (the gcn's
-# row-stochastic aggregation sums a few dozen products), so "constant" allows a spread of a few
-# dozen rounding errors relative to the unit's magnitude.
+# A float computation of an input-independent unit is not bit-identical everywhere: the gcn's
+# row-stochastic aggregation sums a few dozen products, and a small unit can be the difference of
+# large terms. Rounding errors scale with the magnitudes flowing through the layer, not with the
+# unit's own value, so "constant" allows a spread of a few dozen epsilons of the largest activation
+# of the whole space. Real variation (a border frame of a padded convolution, a joint-dependent
+# aggregation) is far larger; what slips through is caught by the logit check.
 CONSTANT_EPS_FACTOR = 64
 
 
@@ -157,8 +161,10 @@ class UnitActivity:
 
     @property
     def is_constant(self) -> torch.Tensor:
-        magnitude = torch.maximum(self.minimum.abs(), self.maximum.abs())
-        return (self.maximum - self.minimum) <= CONSTANT_EPS_FACTOR * self.eps * magnitude
+        if self.minimum.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        space_scale = float(torch.maximum(self.minimum.abs(), self.maximum.abs()).max())
+        return (self.maximum - self.minimum) <= CONSTANT_EPS_FACTOR * self.eps * space_scale
 
 
 def _measure(
@@ -334,14 +340,15 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
     activity, logits = _measure(model, graph, calibration)
 
     derived = _flatten_links(graph)
-    attention_pairs = list(getattr(graph, "attention_pairs", []))
+    attention_pairs = list(graph.attention_pairs)
     attention_spaces = {space for pair in attention_pairs for space in pair}
-    decided = [
+    # spaces decided unit by unit (rules 2 and 3); derived and attention spaces follow other rules
+    decided_spaces = [
         s.name
         for s in graph.spaces
         if s.role == "hidden" and s.name not in derived and s.name not in attention_spaces
     ]
-    groups = _identity_groups(graph, decided)
+    groups = _identity_groups(graph, decided_spaces)
     for members in groups:
         if set(members) & (attention_spaces | set(derived)):
             raise ValueError(f"identity links join {members}, which compaction cannot couple")
@@ -351,6 +358,8 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
         space.name: torch.zeros(space.width, dtype=torch.float64) for space in graph.spaces
     }
     kept_notes: dict[str, dict[int, str]] = {}
+    # rule 5: decide again on the masks restricted to kept units until nothing more goes; removals
+    # only grow, so this ends after a few rounds
     while True:
         kept = _kept_from_removed(graph, removed, derived)
         live_masks = _restricted_masks(graph, masks, kept)
@@ -371,30 +380,9 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
                 )
                 for space in members
             }
-            still_kept = kept[members[0]]
-            removable_everywhere = still_kept.clone()
-            for reasons, _ in verdicts.values():
-                removable_everywhere &= torch.tensor([r is not None for r in reasons])
-            if removable_everywhere.sum() == still_kept.sum() and still_kept.any():
-                # the space would become empty: its first unit stays, unfolded (exact either way)
-                last_unit = int(still_kept.nonzero()[0])
-                removable_everywhere[last_unit] = False
-                for space in members:
-                    kept_notes[space][last_unit] = KEPT_LAST_UNIT
-            for space in members:
-                reasons, notes = verdicts[space]
-                for unit in still_kept.nonzero().flatten().tolist():
-                    if removable_everywhere[unit]:
-                        removed[space][unit] = reasons[unit]
-                        if reasons[unit] == CONSTANT_FOLDED:
-                            constants[space][unit] = activity[space].mean[unit]
-                        changed = True
-                    elif unit in kept_notes[space]:
-                        continue
-                    elif reasons[unit] is not None:
-                        kept_notes[space][unit] = KEPT_COUPLED
-                    elif notes[unit] is not None:
-                        kept_notes[space][unit] = notes[unit]
+            changed |= _decide_group(
+                members, kept[members[0]], verdicts, activity, removed, constants, kept_notes
+            )
 
         kept = _kept_from_removed(graph, removed, derived)
         for query_space, key_space in attention_pairs:
@@ -413,6 +401,44 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
     for target in derived:
         removed[target] = {int(u): DERIVED for u in (~kept[target]).nonzero().flatten()}
     return CompactionPlan(graph, kept, removed, kept_notes, constants, logits)
+
+
+def _decide_group(
+    members: list[str],
+    still_kept: torch.Tensor,
+    verdicts: dict[str, tuple[list[str | None], list[str | None]]],
+    activity: dict[str, UnitActivity],
+    removed: dict[str, dict[int, str]],
+    constants: dict[str, torch.Tensor],
+    kept_notes: dict[str, dict[int, str]],
+) -> bool:
+    """Remove the units removable in every member of an identity group (a lone space is a group
+    of one); record reasons, constants and notes. Returns whether anything was removed."""
+    removable_everywhere = still_kept.clone()
+    for reasons, _ in verdicts.values():
+        removable_everywhere &= torch.tensor([r is not None for r in reasons], dtype=torch.bool)
+    if still_kept.any() and torch.equal(removable_everywhere, still_kept):
+        # the spaces would become empty: the first unit stays, unfolded (exact whatever its reason)
+        last_unit = int(still_kept.nonzero()[0])
+        removable_everywhere[last_unit] = False
+        for space in members:
+            kept_notes[space][last_unit] = KEPT_LAST_UNIT
+    changed = False
+    for space in members:
+        reasons, notes = verdicts[space]
+        for unit in still_kept.nonzero().flatten().tolist():
+            if removable_everywhere[unit]:
+                removed[space][unit] = reasons[unit]
+                if reasons[unit] == CONSTANT_FOLDED:
+                    constants[space][unit] = activity[space].mean[unit]
+                changed = True
+            elif unit in kept_notes[space]:
+                continue
+            elif reasons[unit] is not None:
+                kept_notes[space][unit] = KEPT_COUPLED
+            elif notes[unit] is not None:
+                kept_notes[space][unit] = notes[unit]
+    return changed
 
 
 def _unit_verdicts(
@@ -600,7 +626,8 @@ def compact_model(
     if not relative_diff <= tolerance:
         raise CompactionError(
             f"compacted {model.arch} changes the logits by {max_abs_diff:.3g} "
-            f"(relative {relative_diff:.3g} > tolerance {tolerance:g}); nothing was written"
+            f"(relative {relative_diff:.3g} > tolerance {tolerance:g}); its unit graph does not "
+            "describe the model"
         )
     return result
 

@@ -146,6 +146,8 @@ class UnitGraph:
     bindings: list[TensorBinding]
     links: list[Link] = field(default_factory=list)
     probes: dict[str, ActivationProbe] = field(default_factory=dict)
+    # (query space, key space) of each attention block: dimension i of both goes together
+    attention_pairs: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.space_by_name = {s.name: s for s in self.spaces}
@@ -216,7 +218,7 @@ class UnitGraph:
             return x
 
         joins = [(link.source, link.target) for link in self.links if link.kind == "identity"]
-        joins += list(getattr(self, "attention_pairs", []))
+        joins += self.attention_pairs
         for a, b in joins:
             if a in parent and b in parent:
                 parent[find(a)] = find(b)

@@ -241,11 +241,11 @@ def _hand_sequences(
 
     # wrist gesture rotation, then the swipe, then where the camera sees the hand from
     moved = np.einsum("ntij,ntvj->ntvi", _rotation(rotation), local) + translation[:, :, None]
-    view = _rotation(rng.normal(0.0, 0.4, (count, 3)))
+    view = _rotation(rng.normal(0.0, 0.2, (count, 3)))
     world = np.einsum("nij,ntvj->ntvi", view, moved)
     offset = rng.normal(0.0, 0.15, (count, 1, 1, 3))
     drift = rng.normal(0.0, 0.08, (count, 1, 1, 3)) * t[None, :, None, None]
-    world = world + offset + drift + rng.normal(0.0, 0.025, world.shape)
+    world = world + offset + drift + rng.normal(0.0, 0.02, world.shape)
     x = world.transpose(0, 3, 1, 2)[..., None]  # (N, C=3, T, V=21, M=1)
     return x.astype(np.float32), labels.astype(np.int64)
 

@@ -198,9 +198,7 @@ class AttentionGCN(SkeletonModel):
         probes["hidden"] = ActivationProbe("fc_act", -1)
         spaces.append(UnitSpace("classes", cfg["num_classes"], "output"))
         linear("classifier", "hidden", cfg["hidden"], "classes", cfg["num_classes"])
-        graph = UnitGraph(spaces, bindings, links, probes)
-        graph.attention_pairs = attention_pairs
-        return graph
+        return UnitGraph(spaces, bindings, links, probes, attention_pairs)
 
     def compacted_config(self, kept: dict[str, torch.Tensor]) -> dict:
         cfg = {**self.config, "blocks": []}

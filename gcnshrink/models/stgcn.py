@@ -170,9 +170,7 @@ class STGCN(SkeletonModel):
             prev, prev_w = out_space, spec["out"]
         spaces.append(UnitSpace("classes", cfg["num_classes"], "output"))
         conv("fcn", prev, AxisMap.direct(prev, prev_w), AxisMap.direct("classes", cfg["num_classes"]), True)
-        graph = UnitGraph(spaces, bindings, links, probes)
-        graph.attention_pairs = []
-        return graph
+        return UnitGraph(spaces, bindings, links, probes)
 
     def compacted_config(self, kept: dict[str, torch.Tensor]) -> dict:
         blocks, prev = [], self.config["in_channels"]

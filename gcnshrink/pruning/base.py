@@ -214,7 +214,8 @@ class PruningMethod:
     def deliverable(self, masks: dict[str, torch.Tensor] | None = None) -> SkeletonModel:
         """A plain zoo model: latent weights times the final hard masks, no parametrizations."""
         masks = self.final_masks() if masks is None else masks
-        baked = {name: (w * masks[name].to(w.dtype)).detach() for name, w in self.latent().items()}
+        # torch.where, not a product: a pruned weight must be +0.0, never -0.0 (sparse files keep bits)
+        baked = {name: torch.where(masks[name].to(w.device), w.detach(), torch.zeros_like(w)) for name, w in self.latent().items()}
         state = plain_state_dict(self.model, baked)
         fresh = create_model(self.model.arch, **self.model.config)
         fresh.load_state_dict(state)

@@ -1,0 +1,113 @@
+"""``gcnshrink export``: compact, then write small files that load and run elsewhere.
+
+Files written into the output folder (all verified before the command returns):
+
+- ``model.safetensors``: the compacted weights, dense, with metadata (arch, config, classes,
+  provenance, pruning record) so gcnshrink rebuilds and runs it;
+- ``model.sparse.safetensors``: the same tensors, each stored dense, as a bitmask or as CSR,
+  whichever is smallest (docs/formats.md); decoded bit-exactly;
+- ``model.onnx``: the compacted model, dynamic batch axis, opset 18, compared with PyTorch by
+  onnxruntime on real inputs (error above 1e-4 absolute);
+- ``model.int8.onnx``: onnxruntime dynamic quantization of it (``--int8``).
+
+``--fp16`` stores weights as float16 in every file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gcnshrink.checkpoint import Checkpoint, checkpoint_metadata
+from gcnshrink.compact import compact_model
+from gcnshrink.errors import GcnshrinkError
+from gcnshrink.onnx_export import check_parity, export_onnx, quantize_int8
+from gcnshrink.sparse_format import load_tensors, save_tensors
+
+PARITY_ATOL = 1e-4
+
+
+def exportable_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors worth shipping, on the CPU.
+
+    num_batches_tracked only matters to training with momentum=None (loading fills it back in).
+    "+ 0" turns -0.0 into +0.0: the sparse encoder keeps exact bits, and -0.0 is no zero pattern.
+    """
+    return {
+        k: (v.detach().cpu() + 0 if v.is_floating_point() else v.detach().cpu())
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+def export_model(
+    ckpt: Checkpoint,
+    out_dir: str | Path,
+    *,
+    calibration: torch.Tensor,
+    onnx: bool = True,
+    safetensors: bool = False,
+    sparse: bool = True,
+    fp16: bool = False,
+    int8: bool = False,
+    force: bool = False,
+) -> dict:
+    """Compact ``ckpt`` and write the requested files; returns a summary with every check."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GcnshrinkError(f"{out_dir} exists and is not a folder")
+    planned = []
+    if safetensors:
+        planned.append(out_dir / "model.safetensors")
+    if sparse:
+        planned.append(out_dir / "model.sparse.safetensors")
+    if onnx:
+        planned.append(out_dir / "model.onnx")
+    if int8:
+        planned.append(out_dir / "model.int8.onnx")
+    if not planned:
+        raise GcnshrinkError("nothing to export: pass --onnx, --safetensors, --sparse or --int8")
+    existing = [p for p in planned if p.exists()]
+    if existing and not force:
+        raise GcnshrinkError(f"{existing[0]} exists; pass --force to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    result = compact_model(ckpt.build_model(), calibration)
+    model = result.model.eval()
+    compacted = Checkpoint.from_model(model, ckpt.class_names, ckpt.provenance, ckpt.pruning)
+    metadata = checkpoint_metadata(compacted)
+    state = exportable_state(model.state_dict())
+    dtype = torch.float16 if fp16 else None
+    summary: dict = {"compaction": {k: v for k, v in result.to_dict().items() if k != "spaces"}, "files": []}
+
+    for path, is_sparse in ((out_dir / "model.safetensors", False), (out_dir / "model.sparse.safetensors", True)):
+        if path not in planned:
+            continue
+        info = save_tensors(path, state, metadata, sparse=is_sparse, dtype=dtype, force=force)
+        decoded, _ = load_tensors(path)
+        for name, tensor in state.items():
+            expected = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            if not torch.equal(decoded[name], expected):
+                raise GcnshrinkError(f"{path}: {name} does not decode to what was written")
+        entry = {"path": str(path), "bytes": path.stat().st_size, "kind": "sparse safetensors" if is_sparse else "safetensors"}
+        if is_sparse:
+            entry["bytes_bound"] = info["bytes_bound"]
+            entry["note"] = f"bound {info['bytes_bound']:,} B (values + cheaper index encoding); ratio {info['bound_ratio']:.3f}"
+        summary["files"].append(entry)
+
+    if onnx:
+        path = out_dir / "model.onnx"
+        export_onnx(model, calibration[:2], path, fp16=fp16, metadata=metadata, force=force)
+        with torch.no_grad():
+            scale = float(model(calibration).abs().max())
+        atol = PARITY_ATOL if not fp16 else 1e-2 * max(1.0, scale)
+        diff = check_parity(model, path, calibration, atol=atol)
+        summary["files"].append({"path": str(path), "bytes": path.stat().st_size, "kind": "onnx", "max_abs_diff": diff, "note": f"max |onnx - torch| = {diff:.2e}"})
+        if int8:
+            qpath = out_dir / "model.int8.onnx"
+            quantize_int8(path, qpath, force=force)
+            summary["files"].append({"path": str(qpath), "bytes": qpath.stat().st_size, "kind": "onnx int8", "note": "check its accuracy with gcnshrink eval"})
+    (out_dir / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
