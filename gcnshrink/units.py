@@ -227,6 +227,24 @@ class UnitGraph:
             groups.setdefault(find(name), []).append(name)
         return list(groups.values())
 
+    def shortest_path_weights(self) -> int:
+        """The fewest kept weights that can connect the input to the output (one per tensor on
+        the shortest chain; links are free). No budget below this yields a working network."""
+        dist: dict[str, float] = {}
+        for space in self.spaces:
+            if space.role == "input":
+                dist[space.name] = 0
+                continue
+            best = float("inf")
+            for edge in self._incoming(space.name):
+                if isinstance(edge, Link):
+                    if edge.kind in SIGNAL_LINKS:
+                        best = min(best, dist.get(edge.source, float("inf")))
+                else:
+                    best = min(best, dist.get(edge.source, float("inf")) + 1)
+            dist[space.name] = best
+        return int(min(dist[s.name] for s in self.spaces if s.role == "output"))
+
     # ------------------------------------------------------------------ topology
     def _incoming(self, space: str):
         for b in self.prunable:
@@ -261,7 +279,13 @@ class UnitGraph:
         return reach
 
     def coaccessible(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Units from which a kept path (weights or any link) reaches the output."""
+        """Units from which a kept path (weights or any link) reaches the output.
+
+        A steering link counts only towards target units that are also accessible: attention
+        re-weights the head's signal, and a head whose outputs carry no signal from the input
+        (row-stochastic attention over constants gives the same constants) needs no steering.
+        """
+        acc = self.accessible(masks) if any(link.kind == "steer" for link in self.links) else {}
         reach: dict[str, torch.Tensor] = {}
         for space in reversed(self.spaces):
             if space.role == "output":
@@ -274,6 +298,8 @@ class UnitGraph:
                 src = reach.setdefault(edge.source, torch.zeros(self.width(edge.source), dtype=torch.bool))
                 if isinstance(edge, Link):
                     useful = here[edge.target_units]
+                    if edge.kind == "steer":
+                        useful = useful & acc[space.name][edge.target_units]
                     src[edge.source_units[useful]] = True
                     continue
                 src_units, dst_units = self._units_for(edge, masks)

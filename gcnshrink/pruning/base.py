@@ -156,10 +156,11 @@ class PruningMethod:
                     )
         else:
             c = global_budget(sizes, self.spec.rate)
-            if c < len(sizes):
+            needed = self.graph.shortest_path_weights()
+            if c < needed:
                 raise GcnshrinkError(
                     f"rate {self.spec.rate} keeps {c} of {sum(sizes.values())} weights, fewer than the "
-                    f"{len(sizes)} prunable tensors; no connected network fits that budget"
+                    f"{needed} needed to connect input and output; lower the rate"
                 )
 
     def check_masks_connected(self, masks: dict[str, torch.Tensor]) -> None:

@@ -122,52 +122,148 @@ def consistent_budget_masks(
 
 
 def _trim(graph: UnitGraph, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], excess: int, dense_masks) -> dict[str, torch.Tensor]:
-    """Drop ``excess`` low-score entries without changing any unit's (co-)accessibility."""
+    """Drop exactly ``excess`` low-score entries from a consistent set, keeping it consistent.
+
+    Removing an entry u -> v can leave v with no live input (v's outgoing entries then lead from a
+    dead unit) or u with no live output (u's incoming entries then lead nowhere). Those entries go
+    too, and so on: a *cascade*. Candidates are tried from the lowest score up; a candidate is taken
+    when its whole cascade fits in what is left to remove. Statuses are tracked by counting each
+    unit's live supports (kept entries and links from accessible units; kept entries and links to
+    co-accessible units), so a trial touches only the units whose status it changes.
+    """
     full = {**dense_masks, **masks}
     acc, coacc = graph.accessible(full), graph.coaccessible(full)
-    big = 1 << 40  # a link keeps its unit's status whatever happens to weights
-    in_count = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
-    out_count = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
+    infinite = 1 << 40
+    in_support = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
+    out_support = {s.name: np.zeros(s.width, dtype=np.int64) for s in graph.spaces}
     for s in graph.spaces:
         if s.role == "input":
-            in_count[s.name][:] = big
+            in_support[s.name][:] = infinite
         if s.role == "output":
-            out_count[s.name][:] = big
-    entry_units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            out_support[s.name][:] = infinite
+    # adjacency of kept entries per unit: (tensor, flat index, other unit)
+    out_edges: dict[tuple[str, int], list[tuple[str, int, str, int]]] = {}
+    in_edges: dict[tuple[str, int], list[tuple[str, int, str, int]]] = {}
+    removable = set(masks)
     for b in graph.prunable:
         src, dst = graph.entry_units(b, full[b.name].shape)
-        kept = full[b.name].reshape(-1)
-        np.add.at(in_count[b.target], dst[kept].numpy(), 1)
-        np.add.at(out_count[b.source], src[kept].numpy(), 1)
-        entry_units[b.name] = (src.numpy(), dst.numpy())
+        kept = torch.nonzero(full[b.name].reshape(-1)).squeeze(1)
+        for e, u, v in zip(kept.tolist(), src[kept].tolist(), dst[kept].tolist(), strict=True):
+            if not (acc[b.source][u] and coacc[b.target][v]):
+                continue  # an inconsistent entry of an excluded (dense) tensor supports nothing
+            in_support[b.target][v] += 1
+            out_support[b.source][u] += 1
+            out_edges.setdefault((b.source, u), []).append((b.name, e, b.target, v))
+            in_edges.setdefault((b.target, v), []).append((b.name, e, b.source, u))
+    signal_out: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    links_in: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    steered_by: dict[tuple[str, int], list[tuple[str, int]]] = {}
     for link in graph.links:
-        if link.kind in SIGNAL_LINKS:
-            live = acc[link.source][link.source_units].numpy()
-            np.add.at(in_count[link.target], link.target_units.numpy()[live], big)
-        useful = coacc[link.target][link.target_units].numpy()
-        np.add.at(out_count[link.source], link.source_units.numpy()[useful], big)
+        for u, v in zip(link.source_units.tolist(), link.target_units.tolist(), strict=True):
+            if link.kind in SIGNAL_LINKS and acc[link.source][u]:
+                in_support[link.target][v] += 1
+                signal_out.setdefault((link.source, u), []).append((link.target, v))
+            useful = coacc[link.target][v] and (link.kind != "steer" or acc[link.target][v])
+            if useful:
+                out_support[link.source][u] += 1
+                links_in.setdefault((link.target, v), []).append((link.source, u))
+                if link.kind == "steer":
+                    steered_by.setdefault((link.target, v), []).append((link.source, u))
+
+    removed: set[tuple[str, int]] = set()
+    dead_in: set[tuple[str, int]] = set()  # units that lost accessibility
+    dead_out: set[tuple[str, int]] = set()  # units that lost co-accessibility
+
+    def cascade(first: tuple[str, int, str, int, str, int], limit: int):
+        """Apply the removal of ``first`` and everything it drags along; undo if over ``limit``."""
+        log: list[tuple] = []
+        gone: list[tuple[str, int]] = []
+
+        def drop_entry(name, e, s_space, u, t_space, v, work):
+            if (name, e) in removed:
+                return
+            removed.add((name, e))
+            gone.append((name, e))
+            log.append(("entry", name, e))
+            for table, key in ((in_support, (t_space, v)), (out_support, (s_space, u))):
+                table[key[0]][key[1]] -= 1
+                log.append(("count", table, key))
+                if table[key[0]][key[1]] == 0:
+                    work.append((table is in_support, key))
+
+        work: list = []
+        name, e, s_space, u, t_space, v = first
+        drop_entry(name, e, s_space, u, t_space, v, work)
+        while work:
+            if len(gone) > limit:
+                break
+            lost_input, unit = work.pop()
+            if lost_input:
+                if unit in dead_in:
+                    continue
+                dead_in.add(unit)
+                log.append(("dead_in", unit))
+                for tname, te, t_space2, t_unit in out_edges.get(unit, ()):
+                    drop_entry(tname, te, unit[0], unit[1], t_space2, t_unit, work)
+                for target in signal_out.get(unit, ()):
+                    in_support[target[0]][target[1]] -= 1
+                    log.append(("count", in_support, target))
+                    if in_support[target[0]][target[1]] == 0:
+                        work.append((True, target))
+                for steerer in steered_by.get(unit, ()):
+                    out_support[steerer[0]][steerer[1]] -= 1
+                    log.append(("count", out_support, steerer))
+                    if out_support[steerer[0]][steerer[1]] == 0:
+                        work.append((False, steerer))
+            else:
+                if unit in dead_out:
+                    continue
+                dead_out.add(unit)
+                log.append(("dead_out", unit))
+                for sname, se, s_space2, s_unit in in_edges.get(unit, ()):
+                    drop_entry(sname, se, s_space2, s_unit, unit[0], unit[1], work)
+                for source in links_in.get(unit, ()):
+                    out_support[source[0]][source[1]] -= 1
+                    log.append(("count", out_support, source))
+                    if out_support[source[0]][source[1]] == 0:
+                        work.append((False, source))
+        blocked = any(n not in removable for n, _ in gone)  # excluded tensors are never cut
+        if len(gone) <= limit and not blocked:
+            return len(gone)
+        for item in reversed(log):  # undo
+            if item[0] == "entry":
+                removed.discard((item[1], item[2]))
+            elif item[0] == "count":
+                item[1][item[2][0]][item[2][1]] += 1
+            elif item[0] == "dead_in":
+                dead_in.discard(item[1])
+            else:
+                dead_out.discard(item[1])
+        return 0
+
+    entry_units = {b.name: graph.entry_units(b, full[b.name].shape) for b in graph.prunable if b.name in masks}
+    binding = graph.binding_by_name
     candidates = []
     for name, m in masks.items():
         idx = torch.nonzero(m.reshape(-1)).squeeze(1)
-        candidates.append((scores[name].reshape(-1)[idx], [name] * len(idx), idx))
-    cand_scores = torch.cat([c[0] for c in candidates])
-    cand_names = [n for c in candidates for n in c[1]]
-    cand_idx = torch.cat([c[2] for c in candidates]).tolist()
-    binding = graph.binding_by_name
-    trimmed = {n: m.reshape(-1).clone() for n, m in masks.items()}
-    for pos in torch.argsort(cand_scores, stable=True).tolist():
+        candidates += [(float(scores[name].reshape(-1)[e]), name, e) for e in idx.tolist()]
+    candidates.sort(key=lambda c: c[0])
+    for _, name, e in candidates:
         if excess == 0:
             break
-        name, e = cand_names[pos], cand_idx[pos]
-        b: TensorBinding = binding[name]
-        src_units, dst_units = entry_units[name]
-        u, v = src_units[e], dst_units[e]
-        if in_count[b.target][v] > 1 and out_count[b.source][u] > 1:
-            in_count[b.target][v] -= 1
-            out_count[b.source][u] -= 1
-            trimmed[name][e] = False
-            excess -= 1
-    return {n: trimmed[n].view(masks[n].shape) for n in masks}
+        if (name, e) in removed:
+            continue
+        b = binding[name]
+        src, dst = entry_units[name]
+        excess -= cascade((name, e, b.source, int(src[e]), b.target, int(dst[e])), excess)
+    out = {}
+    for name, m in masks.items():
+        flat = m.reshape(-1).clone()
+        gone = [e for (n, e) in removed if n == name]
+        if gone:
+            flat[torch.tensor(gone, dtype=torch.long)] = False
+        out[name] = flat.view(m.shape)
+    return out
 
 
 # ---------------------------------------------------------------------------- training-time network
@@ -235,7 +331,10 @@ class TopologyController(nn.Module):
             here = coacc[space.name]
             for edge in graph._incoming(space.name):
                 if isinstance(edge, Link):
-                    coacc_z[edge.source] = coacc_z[edge.source].index_add(0, edge.source_units.to(device), here[edge.target_units.to(device)])
+                    carried = here[edge.target_units.to(device)]
+                    if edge.kind == "steer":  # steering matters only where the head carries signal
+                        carried = carried * acc[space.name][edge.target_units.to(device)]
+                    coacc_z[edge.source] = coacc_z[edge.source].index_add(0, edge.source_units.to(device), carried)
                     continue
                 src, dst = self.entries[edge.name]
                 coacc_z[edge.source] = coacc_z[edge.source].index_add(0, src, masks[edge.name] * here[dst])

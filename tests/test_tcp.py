@@ -1,0 +1,142 @@
+"""TCP: the consistency guarantee at exact rates, the trainable reparametrization, the post-hoc oracle."""
+
+import pytest
+import torch
+
+from gcnshrink.layouts import get_layout
+from gcnshrink.models import create_model
+from gcnshrink.pruning import PruneSpec, make_method
+from gcnshrink.pruning.base import global_budget
+from gcnshrink.pruning.tcp import consistent_budget_masks
+from gcnshrink.units import masks_from_weights
+
+
+def gcn(seed=0):
+    torch.manual_seed(seed)
+    return create_model("gcn", num_classes=6, layout=get_layout("hand21"), heads=2, head_width=8, key_width=4, hidden=16)
+
+
+def stgcn(seed=0):
+    torch.manual_seed(seed)
+    return create_model("stgcn", num_classes=6, layout=get_layout("sbu15"), base_width=4)
+
+
+def prunable_scores(model):
+    g = model.unit_graph()
+    named = dict(model.named_parameters())
+    return g, {b.name: named[b.name].detach().abs() for b in g.prunable}
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.99, 0.999])
+@pytest.mark.parametrize("build", [gcn, stgcn])
+def test_projection_is_consistent_and_exact(build, rate):
+    model = build()
+    g, scores = prunable_scores(model)
+    masks = consistent_budget_masks(g, scores, PruneSpec(rate))
+    sizes = {n: s.numel() for n, s in scores.items()}
+    assert sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, rate)
+    summary = g.topology_summary(masks)
+    assert summary["inconsistent_connections"] == 0
+
+
+@pytest.mark.parametrize("build", [gcn, stgcn])
+def test_magnitude_pruning_is_inconsistent_where_tcp_is_not(build):
+    """The papers' observation on these models: MP at 0.99 keeps weights that lead nowhere."""
+    model = build()
+    g, scores = prunable_scores(model)
+    mp = make_method("mp", PruneSpec(0.99, allow_collapse=True))
+    mp.attach(build())
+    assert g.topology_summary(mp.final_masks())["inconsistent_connections"] > 0
+    tcp = consistent_budget_masks(g, scores, PruneSpec(0.99))
+    assert g.topology_summary(tcp)["inconsistent_connections"] == 0
+
+
+def test_projection_keeps_the_consistent_part_of_mp_when_it_fits():
+    """Post-hoc TCP is MP minus inconsistent weights plus refills: kept MP weights stay kept."""
+    model = gcn(1)
+    g, scores = prunable_scores(model)
+    mp = make_method("mp", PruneSpec(0.95, allow_collapse=True))
+    mp.attach(gcn(1))
+    mp_masks = mp.final_masks()
+    consistent_mp = g.consistent(mp_masks)
+    tcp = consistent_budget_masks(g, scores, PruneSpec(0.95))
+    for name in tcp:
+        # every consistent MP weight survives; inconsistent ones are replaced by consistent ones
+        assert bool((tcp[name] | ~consistent_mp[name].view_as(tcp[name])).all()), name
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.99, 0.999])
+@pytest.mark.parametrize("build", [gcn, stgcn])
+def test_tcp_deliverable_is_consistent_at_rate(build, rate):
+    model = build()
+    method = make_method("tcp", PruneSpec(rate))
+    method.attach(model)
+    x = model.example_input(4, 12)
+    model(x)  # one controlled forward pass
+    delivered = method.deliverable()
+    g = delivered.unit_graph()
+    named = dict(delivered.named_parameters())
+    summary = g.topology_summary(masks_from_weights(g, named))
+    assert summary["inconsistent_connections"] == 0
+    kept = sum(int((named[b.name] != 0).sum()) for b in g.prunable)
+    sizes = {b.name: named[b.name].numel() for b in g.prunable}
+    assert kept == global_budget(sizes, rate)
+    # no dead unit keeps a weight: every kept entry joins two live units
+    acc = g.accessible(masks_from_weights(g, named))
+    coacc = g.coaccessible(masks_from_weights(g, named))
+    for b in g.prunable:
+        src, dst = g.entry_units(b, named[b.name].shape)
+        kept_entries = named[b.name].reshape(-1) != 0
+        assert bool(acc[b.source][src[kept_entries]].all()) and bool(coacc[b.target][dst[kept_entries]].all())
+
+
+def test_gradients_flow_through_the_reparametrization():
+    model = gcn()
+    method = make_method("tcp", PruneSpec(0.9))
+    method.attach(model)
+    x = model.example_input(8, 12)
+    loss = model(x).logsumexp(dim=1).mean() + method.extra_loss()
+    loss.backward()
+    latent = method.latent()["blocks.1.value.weight"]
+    mask = method.controller.current["blocks.1.value.weight"].detach().bool()
+    assert latent.grad is not None
+    assert bool((latent.grad[mask] != 0).any())
+    # pruned entries near the threshold get gradient too (through the sigmoid surrogate), which is
+    # what lets training move connections in and out of the topology
+    assert bool((latent.grad[~mask] != 0).any())
+
+
+def test_budget_term_drives_the_consistent_count_to_the_budget():
+    torch.manual_seed(0)
+    model = gcn()
+    method = make_method("tcp", PruneSpec(0.9), budget_weight=1.0)
+    method.attach(model)
+    controller = method.controller
+    # start far off: a threshold that keeps about twice the budget
+    all_mags = torch.cat([w.detach().abs().reshape(-1) for w in method.latent().values()])
+    controller.threshold = float(all_mags.quantile(0.8))
+    controller.temperature = controller.threshold * 0.3
+    controller.compute()
+    start = method.consistent_count()
+    assert start > 1.5 * method.budget
+    optimizer = torch.optim.Adam(method.latent().values(), lr=2e-3)
+    for _ in range(300):
+        controller.compute()
+        loss = method.extra_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    controller.compute()
+    end = method.consistent_count()
+    assert abs(end - method.budget) < 0.1 * method.budget, (start, end, method.budget)
+
+
+def test_posthoc_variant_is_the_projection_of_the_dense_magnitudes():
+    model = gcn(2)
+    g, scores = prunable_scores(model)
+    expected = consistent_budget_masks(g, scores, PruneSpec(0.98))
+    method = make_method("tcp", PruneSpec(0.98), posthoc=True)
+    method.attach(model)
+    assert method.name == "tcp-posthoc"
+    got = method.final_masks()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
