@@ -135,8 +135,8 @@ def prune(
     spec.validate()
     if epochs < 0:
         raise GcnshrinkError(f"--epochs must be >= 0, got {epochs}")
+    ckpt = as_checkpoint(model)  # a missing or unreadable file is a clear error before anything else
     source_hash = file_sha256(model) if isinstance(model, (str, Path)) else None
-    ckpt = as_checkpoint(model)
     data = as_data(data, seed)
     check_compatible(ckpt, data)
     torch.manual_seed(seed)

@@ -150,6 +150,15 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, force: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------- reading
+def _first_line(exc: BaseException, prefer: str | None = None) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if prefer:
+        for line in lines:
+            if prefer in line:
+                return line[:200]
+    return (lines or [type(exc).__name__])[0][:200]
+
+
 def read_torch_file(path: str | Path):
     path = Path(path)
     if not path.is_file():
@@ -157,12 +166,10 @@ def read_torch_file(path: str | Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise GcnshrinkError(
-            f"refusing to load {path}: it is not plain tensors and data (weights-only loading failed: {first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise GcnshrinkError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        reason = _first_line(exc, prefer="Unsupported global")
+        raise GcnshrinkError(f"refusing to load {path}: it is not plain tensors and data ({reason})") from None
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise GcnshrinkError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
 
 
 def load_checkpoint(

@@ -57,10 +57,15 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=gen) * math.sqrt(2.0 / fan_in))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen) * 0.2
+                    + (1.0 if name.endswith("weight") else 0.0)
+                )
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.3)
+                module.running_mean.copy_(
+                    torch.randn(module.running_mean.shape, generator=gen) * 0.3
+                )
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
                 module.num_batches_tracked.fill_(17)
     return model.eval()
@@ -120,7 +125,10 @@ def trained_gcn(cli, session_dir, tiny_spec) -> tuple[Path, dict]:
 def pruned_gcn(cli, session_dir, tiny_spec, trained_gcn) -> tuple[Path, dict]:
     """(path, --json summary) of ``gcnshrink prune --method tcp --rate 0.9`` of ``trained_gcn``."""
     path = session_dir / "tcp90.pt"
-    summary = _ok(cli("prune", trained_gcn[0], "--data", tiny_spec, "-o", path, "--json", *PRUNE_ARGS), "prune")
+    summary = _ok(
+        cli("prune", trained_gcn[0], "--data", tiny_spec, "-o", path, "--json", *PRUNE_ARGS),
+        "prune",
+    )
     return path, summary
 
 
@@ -128,6 +136,8 @@ def pruned_gcn(cli, session_dir, tiny_spec, trained_gcn) -> tuple[Path, dict]:
 def exported_gcn(cli, session_dir, tiny_spec, pruned_gcn) -> Path:
     """Folder written by ``gcnshrink export PRUNED --onnx --sparse -o DIR``."""
     out = session_dir / "exported"
-    result = cli("export", pruned_gcn[0], "--onnx", "--sparse", "--data", tiny_spec, "-o", out, "--json")
+    result = cli(
+        "export", pruned_gcn[0], "--onnx", "--sparse", "--data", tiny_spec, "-o", out, "--json"
+    )
     _ok(result, "export")
     return out

@@ -71,7 +71,12 @@ def original_stgcn_keys() -> set[str]:
     keys = {"A", *(f"data_bn.{p}" for p in bn), "fcn.weight", "fcn.bias"}
     for i in range(10):
         pre = f"st_gcn_networks.{i}"
-        keys |= {f"{pre}.gcn.conv.weight", f"{pre}.gcn.conv.bias", f"{pre}.tcn.2.weight", f"{pre}.tcn.2.bias"}
+        keys |= {
+            f"{pre}.gcn.conv.weight",
+            f"{pre}.gcn.conv.bias",
+            f"{pre}.tcn.2.weight",
+            f"{pre}.tcn.2.bias",
+        }
         keys |= {f"{pre}.tcn.0.{p}" for p in bn} | {f"{pre}.tcn.3.{p}" for p in bn}
         if i in (4, 7):
             keys |= {f"{pre}.residual.0.weight", f"{pre}.residual.0.bias"}
@@ -180,7 +185,9 @@ def test_config_round_trips_through_json(arch, make_model):
     assert rebuilt.config == config
     assert json.dumps(rebuilt.config) == text
     own = model.state_dict()
-    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == {k: tuple(v.shape) for k, v in own.items()}
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in own.items()
+    }
     rebuilt.load_state_dict(own, strict=True)
     x = torch.randn(2, 3, 16, 25, 2)
     assert torch.equal(forward(rebuilt, x), forward(model, x))

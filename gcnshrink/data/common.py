@@ -150,7 +150,7 @@ def resample_padded(x: np.ndarray, frames: int) -> np.ndarray:
     out = np.zeros(x.shape[:2] + (frames,) + x.shape[3:], dtype=np.float32)
     for i in range(x.shape[0]):
         sample = np.asarray(x[i], dtype=np.float32)  # (C, T, V, M)
-        active = np.flatnonzero(np.abs(sample).sum(axis=(0, 2, 3)) > 0)
+        active = np.flatnonzero((sample != 0).any(axis=(0, 2, 3)))  # NaN counts as data
         if len(active) == 0:
             continue
         valid = sample[:, : active[-1] + 1]

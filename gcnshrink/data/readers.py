@@ -20,6 +20,7 @@ from gcnshrink.data.common import (
     check_x,
     check_y,
     layout_for,
+    resample_padded,
     resample_sequence,
 )
 from gcnshrink.data.safe_pickle import safe_load_pickle
@@ -248,10 +249,17 @@ def read_stgcn(path: Path, options: Options, frames: int | None) -> SplitArrays:
         if not npy.is_file():
             raise GcnshrinkError(f"{npy}: file not found")
         try:
-            # mmap: these files are large (NTU: ~6 GB) and only read once here
-            x = np.load(npy, mmap_mode="r", allow_pickle=False)
+            # mmap: these files are large (NTU: ~6 GB at T=300); resampling to fewer frames then
+            # reads one sample at a time instead of holding the whole file in memory twice
+            mapped = np.load(npy, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
             raise GcnshrinkError(f"{npy}: not a readable .npy array ({exc})") from None
+        if mapped.ndim != 5:
+            raise GcnshrinkError(f"{npy}: expected 5 axes (N, C, T, V, M), got shape {mapped.shape}")
+        if frames is not None and frames != mapped.shape[2]:
+            x = resample_padded(mapped, frames)
+        else:
+            x = np.array(mapped, dtype=np.float32)  # a copy: tensors must not share the mmap
         xs[ours] = check_x(x, str(npy))
         ys[ours] = _read_label_pkl(path / f"{split}_label.pkl", len(xs[ours]))
     _, channels, _, joints, persons = xs["train"].shape
