@@ -369,7 +369,9 @@ def test_pyskl_split_persons_padding_and_resampling(tmp_path):
 
 
 def test_pyskl_2d_keypoints_get_their_score_channel(tmp_path):
-    anns = [pyskl_annotation(f"v{i}", i % 2, 1, 20, joints=17, channels=2, score=True) for i in range(4)]
+    anns = [
+        pyskl_annotation(f"v{i}", i % 2, 1, 20, joints=17, channels=2, score=True) for i in range(4)
+    ]
     path = tmp_path / "gym.pkl"
     write_pyskl(path, anns, {"train": ["v0", "v1", "v2"], "test": ["v3"]})
     data = load_data(f"{path}?train=train&test=test")
@@ -403,7 +405,9 @@ def test_malicious_pickles_are_refused_without_running(tmp_path):
     anno = tmp_path / "evil.pkl"
     with open(anno, "wb") as f:
         pickle.dump({"split": {}, "annotations": [RunsCode(marker)]}, f)
-    with pytest.raises(GcnshrinkError, match=r"it references (posix|os|nt)\.system, which could run code"):
+    with pytest.raises(
+        GcnshrinkError, match=r"it references (posix|os|nt)\.system, which could run code"
+    ):
         load_data(f"pyskl:{anno}")
     assert not marker.exists()
     with open(anno, "wb") as f:
@@ -511,7 +515,9 @@ def make_fpha(root, test_header="Test"):
             for rep in (1, 2):
                 name = f"Subject_{subject}/{action}/{rep}"
                 frames = 4 + rep + subject
-                values = np.random.default_rng(subject * 10 + label + rep).random((frames, 63)) * 100
+                values = (
+                    np.random.default_rng(subject * 10 + label + rep).random((frames, 63)) * 100
+                )
                 (pose / name).mkdir(parents=True)
                 text = "\n".join(
                     f"{t} " + " ".join(f"{v:.4f}" for v in row) for t, row in enumerate(values)
@@ -546,12 +552,16 @@ def test_fpha_folder_split_names_and_values(tmp_path):
 def test_fpha_refusals_name_the_file(tmp_path):
     root = tmp_path / "FPHA"
     make_fpha(root, test_header="Testing")
-    with pytest.raises(GcnshrinkError, match="data_split_action_recognition.txt: expected 'Test <count>'"):
+    with pytest.raises(
+        GcnshrinkError, match="data_split_action_recognition.txt: expected 'Test <count>'"
+    ):
         load_data(f"fpha:{root}")
     make_fpha(tmp_path / "ok")
     target = tmp_path / "ok" / "Hand_pose_annotation_v1" / "Subject_1" / "pour_milk" / "2"
     (target / "skeleton.txt").write_text("0 1 2 3\n")
-    with pytest.raises(GcnshrinkError, match="pour_milk/2/skeleton.txt: line 1 has 4 values, expected 64"):
+    with pytest.raises(
+        GcnshrinkError, match="pour_milk/2/skeleton.txt: line 1 has 4 values, expected 64"
+    ):
         load_data(f"fpha:{tmp_path / 'ok'}")
     (target / "skeleton.txt").unlink()
     with pytest.raises(GcnshrinkError, match="pour_milk/2/skeleton.txt: file not found"):

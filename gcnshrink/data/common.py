@@ -44,7 +44,9 @@ class Options:
         self._known.add(key)
         return self._pairs.get(key, default)
 
-    def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int | None:
+    def integer(
+        self, key: str, default: int | None = None, minimum: int | None = None
+    ) -> int | None:
         self._known.add(key)
         if key not in self._pairs:
             return default

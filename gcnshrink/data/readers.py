@@ -255,7 +255,9 @@ def read_stgcn(path: Path, options: Options, frames: int | None) -> SplitArrays:
         except ValueError as exc:
             raise GcnshrinkError(f"{npy}: not a readable .npy array ({exc})") from None
         if mapped.ndim != 5:
-            raise GcnshrinkError(f"{npy}: expected 5 axes (N, C, T, V, M), got shape {mapped.shape}")
+            raise GcnshrinkError(
+                f"{npy}: expected 5 axes (N, C, T, V, M), got shape {mapped.shape}"
+            )
         if frames is not None and frames != mapped.shape[2]:
             x = resample_padded(mapped, frames)
         else:
@@ -593,9 +595,7 @@ def _read_fpha_split(path: Path) -> dict[str, list[tuple[str, int]]]:
             raise GcnshrinkError(f"{path}: missing the '{header} <count>' line")
         fields = lines[position].split()
         if len(fields) != 2 or fields[0] != header or not fields[1].isdigit():
-            raise GcnshrinkError(
-                f"{path}: expected '{header} <count>', found {lines[position]!r}"
-            )
+            raise GcnshrinkError(f"{path}: expected '{header} <count>', found {lines[position]!r}")
         count = int(fields[1])
         body = lines[position + 1 : position + 1 + count]
         if len(body) != count:

@@ -363,7 +363,9 @@ def _interaction_script(label: int, t: np.ndarray, start: float, duration: float
         push = _bump(t, start + 0.15 * duration, 0.7 * duration)
         for arm in (_LEFT_ARM, _RIGHT_ARM):
             actor[:, arm] += 1.2 * amp * push
-            actor[:, arm + 2] += 0.6 * amp * (1.0 - _ramp(t, start + 0.3 * duration, 0.3 * duration))
+            actor[:, arm + 2] += (
+                0.6 * amp * (1.0 - _ramp(t, start + 0.3 * duration, 0.3 * duration))
+            )
         actor[:, _LEAN] += 0.2 * amp * push
         actor[:, _X] += 0.15 * amp * _ramp(t, start, 0.5 * duration)
         partner[:, _LEAN] -= 0.2 * amp * push
@@ -425,7 +427,9 @@ def _body_forward_kinematics(
     head = neck + 0.1 * h * trunk_up
 
     def limb_direction(raise_forward, raise_sideways, side, down):
-        along = np.cos(raise_forward)[..., None] * -down + np.sin(raise_forward)[..., None] * forward
+        along = (
+            np.cos(raise_forward)[..., None] * -down + np.sin(raise_forward)[..., None] * forward
+        )
         sideways = np.sin(raise_sideways)[..., None]
         return np.cos(raise_sideways)[..., None] * along + sideways * side
 

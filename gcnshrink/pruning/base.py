@@ -94,6 +94,31 @@ def global_budget(sizes: dict[str, int], rate: float) -> int:
     return total - round(rate * total)
 
 
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP (Lee et al. 2021): w² over the sum of w'² of the weights of the same tensor at least as
+    large. Scale-free across tensors; every tensor's largest weight scores 1."""
+    sq = weight.reshape(-1).pow(2)
+    order = torch.argsort(sq, descending=True, stable=True)
+    denominators = torch.empty_like(sq)
+    denominators[order] = torch.cumsum(sq[order], dim=0)
+    return (sq / denominators.clamp(min=torch.finfo(sq.dtype).tiny)).view_as(weight)
+
+
+SCORES = ("magnitude", "lamp")
+
+
+def check_score(score: str) -> None:
+    if score not in SCORES:
+        raise GcnshrinkError(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+
+
+def score_weights(latent: dict[str, torch.Tensor], score: str) -> dict[str, torch.Tensor]:
+    r"""What a magnitude criterion ranks: raw \|w\| on one global scale, or LAMP scores."""
+    if score == "lamp":
+        return {n: lamp_scores(w.detach()) for n, w in latent.items()}
+    return {n: w.detach().abs() for n, w in latent.items()}
+
+
 def topk_masks(scores: dict[str, torch.Tensor], spec: PruneSpec) -> dict[str, torch.Tensor]:
     """Keep the highest scores: exactly the budget (global or per tensor). Ties broken by position."""
     sizes = {k: v.numel() for k, v in scores.items()}

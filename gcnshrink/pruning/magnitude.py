@@ -8,7 +8,14 @@ from __future__ import annotations
 import torch
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning.base import HardMask, PruneSpec, PruningMethod, topk_masks
+from gcnshrink.pruning.base import (
+    HardMask,
+    PruneSpec,
+    PruningMethod,
+    check_score,
+    score_weights,
+    topk_masks,
+)
 
 
 def cubic_rate(final_rate: float, progress: float, ramp: float) -> float:
@@ -20,8 +27,10 @@ def cubic_rate(final_rate: float, progress: float, ramp: float) -> float:
 class MagnitudePruning(PruningMethod):
     name = "mp"
 
-    def __init__(self, spec: PruneSpec, seed: int = 0, schedule: str = "oneshot", ramp: float = 0.5, updates: int = 20, **options):
-        super().__init__(spec, seed, schedule=schedule, ramp=ramp if schedule == "cubic" else None, **options)
+    def __init__(self, spec: PruneSpec, seed: int = 0, schedule: str = "oneshot", ramp: float = 0.5, updates: int = 20, score: str = "magnitude", **options):
+        check_score(score)
+        super().__init__(spec, seed, schedule=schedule, ramp=ramp if schedule == "cubic" else None, score=score, **options)
+        self.score = score
         if schedule not in ("oneshot", "cubic"):
             raise GcnshrinkError(f"--schedule must be 'oneshot' or 'cubic', got {schedule!r}")
         if not 0.0 < ramp <= 1.0:
@@ -31,7 +40,7 @@ class MagnitudePruning(PruningMethod):
         self.parametrizations: dict[str, HardMask] = {}
 
     def scores(self) -> dict[str, torch.Tensor]:
-        return {name: w.detach().abs() for name, w in self.latent().items()}
+        return score_weights(self.latent(), self.score)
 
     def masks_at(self, rate: float) -> dict[str, torch.Tensor]:
         spec = PruneSpec(rate, self.spec.scope, self.spec.exclude)

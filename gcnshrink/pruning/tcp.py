@@ -41,8 +41,10 @@ from gcnshrink.pruning.base import (
     PruneSpec,
     PruningMethod,
     budget_per_tensor,
+    check_score,
     global_budget,
     latent_weight,
+    score_weights,
 )
 from gcnshrink.units import SIGNAL_LINKS, Link, TensorBinding, UnitGraph
 
@@ -263,7 +265,47 @@ def _trim(graph: UnitGraph, masks: dict[str, torch.Tensor], scores: dict[str, to
         if gone:
             flat[torch.tensor(gone, dtype=torch.long)] = False
         out[name] = flat.view(m.shape)
+    if excess > 0:
+        out = _swap_to_exact(graph, out, scores, excess, dense_masks)
     return out
+
+
+def _swap_to_exact(graph: UnitGraph, masks, scores, excess: int, dense_masks, tries: int = 256):
+    """When every cascade is larger than the excess: remove the cheapest cascade that is, then refill
+    the shortfall with the best entries that are consistent by construction (source accessible,
+    target co-accessible). Rare: only tiny budgets with parallel detours get here."""
+    names = list(masks)
+    flat = {n: masks[n].reshape(-1) for n in names}
+    candidates = sorted(
+        ((float(scores[n].reshape(-1)[e]), n, e) for n in names for e in torch.nonzero(flat[n]).squeeze(1).tolist()),
+        key=lambda c: c[0],
+    )
+    for _, name, e in candidates[:tries]:
+        trial = {n: flat[n].clone() for n in names}
+        trial[name][e] = False
+        full = {**dense_masks, **{n: trial[n].view(masks[n].shape) for n in names}}
+        consistent = graph.consistent(full)
+        after = {n: consistent[n] for n in names}
+        dropped = sum(int(flat[n].sum()) - int(after[n].sum()) for n in names)
+        deficit = dropped - excess
+        if deficit < 0:
+            continue
+        full = {**dense_masks, **{n: after[n].view(masks[n].shape) for n in names}}
+        acc, coacc = graph.accessible(full), graph.coaccessible(full)
+        pool = []
+        for n in names:
+            b = graph.binding_by_name[n]
+            src, dst = graph.entry_units(b, masks[n].shape)
+            eligible = ~flat[n] & acc[b.source][src] & coacc[b.target][dst]  # never re-add what was just cut
+            idx = torch.nonzero(eligible).squeeze(1)
+            pool += [(float(scores[n].reshape(-1)[i]), n, i) for i in idx.tolist()]
+        if len(pool) < deficit:
+            continue
+        pool.sort(key=lambda c: -c[0])
+        for _, n, i in pool[:deficit]:
+            after[n][i] = True
+        return {n: after[n].view(masks[n].shape) for n in names}
+    return masks
 
 
 # ---------------------------------------------------------------------------- training-time network
@@ -278,15 +320,19 @@ def reach_step(z: torch.Tensor) -> torch.Tensor:
 
 
 class TopologyController(nn.Module):
-    """Computes the consistent masks M̃ of every target tensor once per forward pass."""
+    """Computes the consistent masks M̃ of every target tensor once per forward pass.
 
-    def __init__(self, graph: UnitGraph, targets: list[TensorBinding], latent: dict[str, torch.Tensor], threshold: float, temperature: float):
+    Each target tensor t has its own magnitude threshold τ_t (where the exact projection put that
+    tensor's boundary); the sigmoid temperature is ``temperature`` × τ_t.
+    """
+
+    def __init__(self, graph: UnitGraph, targets: list[TensorBinding], latent: dict[str, torch.Tensor], thresholds: dict[str, float], temperature: float):
         super().__init__()
         self.graph = graph
         self.targets = targets
         self.target_names = {b.name for b in targets}
         self.latent = latent
-        self.threshold = threshold
+        self.thresholds = thresholds
         self.temperature = temperature
         self.current: dict[str, torch.Tensor] = {}
         self.entries = {b.name: tuple(t.to(latent[b.name].device) for t in graph.entry_units(b, latent[b.name].shape)) for b in graph.prunable if b.name in latent}
@@ -297,8 +343,9 @@ class TopologyController(nn.Module):
             if name not in self.target_names:
                 masks[name] = torch.ones_like(w)
                 continue
-            margin = w.abs() - self.threshold
-            masks[name] = straight_through((margin > 0).to(w.dtype), torch.sigmoid(margin / self.temperature))
+            tau = self.thresholds[name]
+            margin = w.abs() - tau
+            masks[name] = straight_through((margin > 0).to(w.dtype), torch.sigmoid(margin / (self.temperature * tau)))
         return masks
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -363,23 +410,13 @@ class ConsistentMask(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the methods
-class TopologicallyConsistentPruning(PruningMethod):
-    name = "tcp"
+class ConsistentProjection(PruningMethod):
+    """Shared by tcp and tcp-posthoc: the scores and the exact consistent projection."""
 
-    def __init__(
-        self,
-        spec: PruneSpec,
-        seed: int = 0,
-        budget_weight: float = 5.0,
-        temperature_start: float = 0.3,
-        temperature_end: float = 0.03,
-        **options,
-    ):
-        super().__init__(spec, seed, budget_weight=budget_weight, temperature_start=temperature_start, temperature_end=temperature_end, **options)
-        self.budget_weight = budget_weight
-        self.temperature_start, self.temperature_end = temperature_start, temperature_end
-        self.controller: TopologyController | None = None
-        self.budget = 0
+    def __init__(self, spec: PruneSpec, seed: int = 0, score: str = "lamp", **options):
+        check_score(score)
+        super().__init__(spec, seed, score=score, **options)
+        self.score = score
 
     def dense_masks(self) -> dict[str, torch.Tensor]:
         """Out-of-scope prunable tensors (``--exclude``) are kept whole."""
@@ -387,18 +424,43 @@ class TopologicallyConsistentPruning(PruningMethod):
         return {b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu() for b in self.graph.prunable if b.name not in names}
 
     def projected_masks(self) -> dict[str, torch.Tensor]:
-        scores = {n: w.detach().abs() for n, w in self.latent().items()}
-        return consistent_budget_masks(self.graph, scores, self.spec, self.dense_masks())
+        return consistent_budget_masks(self.graph, score_weights(self.latent(), self.score), self.spec, self.dense_masks())
+
+
+class TopologicallyConsistentPruning(ConsistentProjection):
+    name = "tcp"
+
+    def __init__(
+        self,
+        spec: PruneSpec,
+        seed: int = 0,
+        score: str = "lamp",
+        budget_weight: float = 5.0,
+        temperature_start: float = 0.3,
+        temperature_end: float = 0.03,
+        **options,
+    ):
+        super().__init__(spec, seed, score=score, budget_weight=budget_weight, temperature_start=temperature_start, temperature_end=temperature_end, **options)
+        self.budget_weight = budget_weight
+        self.temperature_start, self.temperature_end = temperature_start, temperature_end
+        self.controller: TopologyController | None = None
+        self.budget = 0
 
     def _attach(self) -> None:
         masks = self.projected_masks()
         sizes = self.sizes()
         self.budget = sum(budget_per_tensor(sizes, self.spec.rate).values()) if self.spec.scope == "layer" else global_budget(sizes, self.spec.rate)
-        # τ: the smallest kept magnitude, so the magnitude mask starts around the consistent set
-        kept = torch.cat([w.detach().abs().reshape(-1)[masks[n].reshape(-1)] for n, w in self.latent().items()])
-        threshold = float(kept.min()) * 0.999 if kept.numel() else 0.0
+        # τ_t: just below tensor t's smallest kept magnitude, so training starts from the projection
+        thresholds = {}
+        for name, w in self.latent().items():
+            magnitudes = w.detach().abs().reshape(-1)
+            kept = magnitudes[masks[name].reshape(-1).to(magnitudes.device)]
+            if kept.numel():
+                thresholds[name] = max(float(kept.min()) * 0.999, 1e-12)
+            else:  # nothing kept: the threshold sits just above the largest weight
+                thresholds[name] = max(float(magnitudes.max()) * 1.001, 1e-12)
         latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
-        self.controller = TopologyController(self.graph, self.targets, latent_all, max(threshold, 1e-12), self.temperature_start * max(threshold, 1e-12))
+        self.controller = TopologyController(self.graph, self.targets, latent_all, thresholds, self.temperature_start)
         for b in self.targets:
             self.register(b.name, ConsistentMask(self.controller, b.name))
         # refresh the masks before every forward pass of the model being fine-tuned
@@ -409,7 +471,7 @@ class TopologicallyConsistentPruning(PruningMethod):
 
     def on_step(self, progress: float) -> None:
         ratio = self.temperature_end / self.temperature_start
-        self.controller.temperature = self.controller.threshold * self.temperature_start * ratio ** min(max(progress, 0.0), 1.0)
+        self.controller.temperature = self.temperature_start * ratio ** min(max(progress, 0.0), 1.0)
 
     def extra_loss(self) -> torch.Tensor:
         kept = sum(m.sum() for m in self.controller.current.values())
@@ -422,16 +484,14 @@ class TopologicallyConsistentPruning(PruningMethod):
         return self.projected_masks()
 
 
-class PosthocConsistentPruning(PruningMethod):
-    """``tcp-posthoc``: consistent exact-budget masks from the dense magnitudes, then masked fine-tuning."""
+class PosthocConsistentPruning(ConsistentProjection):
+    """``tcp-posthoc``: the consistent exact-budget projection of the dense weights, then masked
+    fine-tuning with those masks fixed."""
 
     name = "tcp-posthoc"
 
     def _attach(self) -> None:
-        names = {b.name for b in self.targets}
-        dense = {b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu() for b in self.graph.prunable if b.name not in names}
-        scores = {n: w.detach().abs() for n, w in self.latent().items()}
-        self.masks = consistent_budget_masks(self.graph, scores, self.spec, dense)
+        self.masks = self.projected_masks()
         for name, mask in self.masks.items():
             self.register(name, HardMask(mask))
 
