@@ -79,6 +79,19 @@ def check_output(path: Path, force: bool) -> None:
         raise GcnshrinkError(f"{path} exists; pass --force to overwrite it")
 
 
+@app.callback()
+def configure(
+    threads: Annotated[int, typer.Option("--threads", envvar="GCNSHRINK_THREADS", help="CPU threads for PyTorch. The zoo's models are small: one thread is fastest on CPU (docs/benchmarks.md); raise it for full-size ST-GCN.")] = 1,
+) -> None:
+    """Global options, before the command: gcnshrink --threads 2 train ..."""
+    import torch
+
+    if threads < 1:
+        err_console.print(f"[bold red]error:[/] --threads must be at least 1, got {threads}")
+        raise typer.Exit(2)
+    torch.set_num_threads(threads)
+
+
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset spec: synthetic:hands, synthetic:sbu, a .npz/.pkl file or a dataset folder (docs/formats.md).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (data split, initialisation, batches).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
