@@ -15,6 +15,7 @@ import torch
 from gcnshrink.checkpoint import Checkpoint, file_sha256, load_checkpoint, provenance
 from gcnshrink.data import SkeletonData, load_data
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.measure import weight_counts
 from gcnshrink.models import SkeletonModel, create_model
 from gcnshrink.pruning import PruneSpec, make_method, realized_rate
 from gcnshrink.train import FineTuneHooks, TrainConfig, evaluate, fit
@@ -41,28 +42,6 @@ def check_compatible(ckpt: Checkpoint, data: SkeletonData) -> None:
         )
     if cfg.get("in_channels", data.in_channels) != data.in_channels:
         raise GcnshrinkError(f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}")
-
-
-def model_weights_summary(model: SkeletonModel) -> dict:
-    """Parameter and nonzero counts plus the unit-graph topology of a plain (baked) model."""
-    graph = model.unit_graph()
-    named = dict(model.named_parameters())
-    masks = masks_from_weights(graph, named)
-    topo = graph.topology_summary(masks)
-    params = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    prunable = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    return {
-        "params": params,
-        "nonzero": nonzero,
-        "prunable": prunable,
-        "prunable_kept": kept,
-        "sparsity": 1.0 - kept / max(prunable, 1),
-        "inconsistent_connections": topo["inconsistent_connections"],
-        "dead_units": topo["dead_units"],
-        "topology": topo,
-    }
 
 
 # ---------------------------------------------------------------------------- train / eval
@@ -125,6 +104,7 @@ def prune(
     device: str | None = None,
     progress: bool = True,
     allow_collapse: bool = False,
+    source_path: str | Path | None = None,
     **method_options,
 ) -> PruneOutcome:
     """Prune a trained model as a masked fine-tune; the result is at exactly ``rate``.
@@ -136,7 +116,8 @@ def prune(
     if epochs < 0:
         raise GcnshrinkError(f"--epochs must be >= 0, got {epochs}")
     ckpt = as_checkpoint(model)  # a missing or unreadable file is a clear error before anything else
-    source_hash = file_sha256(model) if isinstance(model, (str, Path)) else None
+    source_path = model if isinstance(model, (str, Path)) else source_path
+    source_hash = file_sha256(source_path) if source_path is not None else None
     data = as_data(data, seed)
     check_compatible(ckpt, data)
     torch.manual_seed(seed)
@@ -162,7 +143,7 @@ def prune(
     masks = masks_from_weights(pruned.unit_graph(), dict(pruned.named_parameters()))
     in_scope = {b.name: masks[b.name] for b in pruner.targets}
     test = evaluate(pruned, data.x_test, data.y_test, data.num_classes)
-    weights = model_weights_summary(pruned)
+    weights = weight_counts(pruned)
     record = {
         "method": method,
         "rate": rate,

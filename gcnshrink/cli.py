@@ -96,6 +96,14 @@ DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset spec: synthe
 SeedOpt = Annotated[int, typer.Option(help="Random seed (data split, initialisation, batches).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture of a foreign checkpoint (default: inferred from its keys).")]
+LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Skeleton layout of a foreign checkpoint, e.g. ntu25 (default: inferred from its joint count).")]
+
+
+def load_model_file(path: Path, arch: str | None, layout: str | None):
+    from gcnshrink.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, arch=arch, layout=layout)
 
 
 # ---------------------------------------------------------------------------- train / eval / inspect
@@ -146,6 +154,8 @@ def eval_(
     model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")],
     data: DataOpt,
     seed: SeedOpt = 0,
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
     json_out: JsonOpt = False,
 ):
     """Top-1 and mean per-class accuracy on the test split.
@@ -155,7 +165,7 @@ def eval_(
     from gcnshrink.measure import measure_model
 
     dataset = load_spec(data, seed)
-    m = measure_model(model, dataset, flops=False)
+    m = measure_model(model, dataset, flops=False, load_options={"arch": arch, "layout": layout})
     result = {"model": str(model), "data": data, "accuracy": m["accuracy"], "mean_class_accuracy": m["mean_class_accuracy"], "samples": m["samples"]}
     if json_out:
         print_json(result)
@@ -169,6 +179,8 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")],
     json_out: JsonOpt = False,
     latency: Annotated[bool, typer.Option(help="Also time one-sample inference (CPU).")] = False,
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
 ):
     """Shapes, parameters, nonzeros, FLOPs, bytes on disk and topology of a model.
 
@@ -176,11 +188,9 @@ def inspect(
     """
     from gcnshrink.measure import layer_table, measure_model
 
-    m = measure_model(model, latency=latency)
+    m = measure_model(model, latency=latency, load_options={"arch": arch, "layout": layout})
     if model.suffix != ".onnx":
-        from gcnshrink.checkpoint import load_checkpoint
-
-        m["layers"] = layer_table(load_checkpoint(model).build_model())
+        m["layers"] = layer_table(load_model_file(model, arch, layout).build_model())
     if json_out:
         print_json(m)
         return
@@ -223,6 +233,9 @@ def prune(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     allow_collapse: Annotated[bool, typer.Option(help="Let mp/random empty a whole layer instead of refusing.")] = False,
+    score: Annotated[str | None, typer.Option(help="mp/tcp: rank weights by 'magnitude' or 'lamp' (layer-adaptive; tcp's default).")] = None,
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
 ):
@@ -243,9 +256,14 @@ def prune(
         if method != "tcp":
             raise GcnshrinkError("--posthoc applies to --method tcp only")
         options["posthoc"] = True
+    if score is not None:
+        if method not in ("mp", "tcp", "tcp-posthoc"):
+            raise GcnshrinkError("--score applies to mp, tcp and tcp-posthoc")
+        options["score"] = score
+    ckpt = load_model_file(model, arch, layout)
     dataset = load_spec(data, seed)
     outcome = api.prune(
-        model, dataset, method=method, rate=rate, epochs=epochs, seed=seed, scope=scope,
+        ckpt, dataset, source_path=model, method=method, rate=rate, epochs=epochs, seed=seed, scope=scope,
         exclude=tuple(exclude or ()), lr=lr, batch_size=batch_size, device=device,
         progress=not json_out, allow_collapse=allow_collapse, **options,
     )
@@ -279,6 +297,8 @@ def compact(
     output: Annotated[Path, typer.Option("--output", "-o", help="Compacted checkpoint to write.")],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data for the logit check (default: the data the model was trained on).")] = None,
     seed: SeedOpt = 0,
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
 ):
@@ -286,11 +306,11 @@ def compact(
 
     Example: gcnshrink compact tcp99.pt -o tcp99-compact.pt
     """
-    from gcnshrink.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from gcnshrink.checkpoint import Checkpoint, save_checkpoint
     from gcnshrink.compact import compact_model
 
     check_output(output, force)
-    ckpt = load_checkpoint(model)
+    ckpt = load_model_file(model, arch, layout)
     calib, _ = calibration_inputs(ckpt, data, seed)
     result = compact_model(ckpt.build_model(), calib)
     out = Checkpoint.from_model(result.model, ckpt.class_names, {**ckpt.provenance, "compacted_from": str(model)}, ckpt.pruning)
@@ -314,6 +334,8 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (onnxruntime dynamic quantization).")] = False,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data for the parity checks (default: the model's training data).")] = None,
     seed: SeedOpt = 0,
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
 ):
@@ -325,9 +347,7 @@ def export(
 
     if not (onnx or safetensors or sparse or int8):
         onnx = sparse = True
-    from gcnshrink.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(model)
+    ckpt = load_model_file(model, arch, layout)
     calib, dataset = calibration_inputs(ckpt, data, seed)
     summary = export_model(ckpt, output, calibration=calib, onnx=onnx or int8, safetensors=safetensors, sparse=sparse, fp16=fp16, int8=int8, force=force)
     if json_out:

@@ -114,7 +114,7 @@ def onnx_counts(path: Path) -> dict:
     return {"params": params, "nonzero": nonzero, "metadata": meta}
 
 
-def measure_model(path: str | Path, data=None, *, latency: bool = False, flops: bool = True) -> dict:
+def measure_model(path: str | Path, data=None, *, latency: bool = False, flops: bool = True, load_options: dict | None = None) -> dict:
     """Everything gcnshrink can say about one model file. ``data`` adds test accuracy."""
     path = Path(path)
     if not path.is_file():
@@ -144,7 +144,7 @@ def measure_model(path: str | Path, data=None, *, latency: bool = False, flops: 
                 example = torch.randn(1, *[s if isinstance(s, int) else frames for s in shape[1:]])
                 out["latency_ms"] = onnx_latency_ms(path, example)
         return out
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, **(load_options or {}))
     out.update(measure_checkpoint(ckpt, flops=flops))
     if data is not None:
         from gcnshrink.api import check_compatible

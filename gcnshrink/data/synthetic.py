@@ -99,16 +99,22 @@ def _pose(base: np.ndarray, **fingers: np.ndarray) -> np.ndarray:
     return pose
 
 
+# Pinches start from a half-open hand; the fingers not pinching stay half open ("OK" sign).
+_HALF_OPEN = (_OPEN + _RELAXED) / 2
 _PINCH_INDEX = _pose(
-    _RELAXED, thumb=np.array([0.45, 0.55, 0.35, 0.30]), index=np.array([0.05, 0.75, 0.75, 0.35])
+    _HALF_OPEN, thumb=np.array([0.45, 0.55, 0.35, 0.30]), index=np.array([0.05, 0.9, 0.85, 0.4])
 )
 _PINCH_MIDDLE = _pose(
-    _RELAXED, thumb=np.array([0.35, 0.70, 0.40, 0.30]), middle=np.array([0.0, 0.75, 0.75, 0.35])
+    _HALF_OPEN, thumb=np.array([0.35, 0.70, 0.40, 0.30]), middle=np.array([0.0, 0.9, 0.85, 0.4])
 )
 _POINT = _pose(_FIST, index=_STRAIGHT + [0.05, 0, 0, 0])
 _VICTORY = _pose(_FIST, index=_STRAIGHT + [0.2, 0, 0, 0], middle=_STRAIGHT + [-0.1, 0, 0, 0])
 _LOOSE_POINT = _pose(_RELAXED, index=np.array([0.05, 0.15, 0.15, 0.1]))
 _THUMBS_UP = _pose(_FIST, thumb=np.array([0.1, -0.1, 0.0, 0.0]))
+
+# Standard deviations of what varies between recordings but says nothing about the gesture:
+# viewpoint (rad, about each axis), position and drift over the clip (hand lengths), sensor noise.
+HAND_NUISANCE = {"view": 0.2, "offset": 0.05, "drift": 0.03, "noise": 0.02}
 
 # Bone geometry of an average hand (hand length ~1: wrist to middle fingertip).
 # Finger bases are the thumb CMC and the four MCPs, in the palm plane (x across, y along).
@@ -150,9 +156,9 @@ def _hand_script(label: int, t: np.ndarray, start: float, duration: float, ampli
     elif name == "open_hand":
         angles = transition(_FIST, _OPEN)
     elif name == "pinch_index":
-        angles = transition(_RELAXED, _PINCH_INDEX)
+        angles = transition(_HALF_OPEN, _PINCH_INDEX)
     elif name == "pinch_middle":
-        angles = transition(_RELAXED, _PINCH_MIDDLE)
+        angles = transition(_HALF_OPEN, _PINCH_MIDDLE)
     elif name == "point":
         angles = transition(_RELAXED, _POINT)
     elif name == "victory":
@@ -179,10 +185,11 @@ def _hand_script(label: int, t: np.ndarray, start: float, duration: float, ampli
             step = _ramp(t, start + k * duration / 3, duration / 3)[:, None]
             angles[:, finger] = _FIST[finger] + amplitude * step * (_STRAIGHT - _FIST[finger])
     elif name in ("tap", "double_tap"):
-        # from a loose point, the index finger flexes down and back up, once or twice
+        # from a loose point, the index finger flexes down and back up, once or twice; every
+        # tap takes the same time, so a double tap lasts twice as long
         angles = transition(_RELAXED, _LOOSE_POINT)
         taps = 1 if name == "tap" else 2
-        tapping = _clip01(t, start + 0.3 * duration, 0.7 * duration)
+        tapping = _clip01(t, start + 0.3 * duration, 0.35 * taps * duration)
         angles[:, 1, 1] += 0.7 * amplitude * np.sin(np.pi * taps * tapping) ** 2
     else:  # pragma: no cover - HAND_CLASSES and this script are kept together
         raise AssertionError(name)
@@ -241,11 +248,11 @@ def _hand_sequences(
 
     # wrist gesture rotation, then the swipe, then where the camera sees the hand from
     moved = np.einsum("ntij,ntvj->ntvi", _rotation(rotation), local) + translation[:, :, None]
-    view = _rotation(rng.normal(0.0, 0.2, (count, 3)))
+    view = _rotation(rng.normal(0.0, HAND_NUISANCE["view"], (count, 3)))
     world = np.einsum("nij,ntvj->ntvi", view, moved)
-    offset = rng.normal(0.0, 0.15, (count, 1, 1, 3))
-    drift = rng.normal(0.0, 0.08, (count, 1, 1, 3)) * t[None, :, None, None]
-    world = world + offset + drift + rng.normal(0.0, 0.02, world.shape)
+    offset = rng.normal(0.0, HAND_NUISANCE["offset"], (count, 1, 1, 3))
+    drift = rng.normal(0.0, HAND_NUISANCE["drift"], (count, 1, 1, 3)) * t[None, :, None, None]
+    world = world + offset + drift + rng.normal(0.0, HAND_NUISANCE["noise"], world.shape)
     x = world.transpose(0, 3, 1, 2)[..., None]  # (N, C=3, T, V=21, M=1)
     return x.astype(np.float32), labels.astype(np.int64)
 
@@ -253,8 +260,8 @@ def _hand_sequences(
 def _hands(train: int, test: int, seed: int, frames: int) -> SplitArrays:
     # Independent streams, so the test set does not change when only the train size does.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 1]).spawn(4)]
-    train_subjects = _hand_subjects(streams[0], 10)
-    test_subjects = _hand_subjects(streams[1], 5)
+    train_subjects = _hand_subjects(streams[0], 16)
+    test_subjects = _hand_subjects(streams[1], 6)
     x_train, y_train = _hand_sequences(streams[2], train_subjects, train, frames)
     x_test, y_test = _hand_sequences(streams[3], test_subjects, test, frames)
     return SplitArrays(
