@@ -350,8 +350,8 @@ def _stride_guess(blocks: list[dict], i: int, out: int) -> int:
     return 2 if blocks and i > 0 and out > blocks[-1]["out"] else 1
 
 
-def infer_gcn_config(state: dict[str, torch.Tensor], layout: Layout | None, heads: int = 4, chunks: int = 4) -> dict:
-    """A bare ``gcn`` state dict: widths from shapes; heads are assumed equal-width (default 4)."""
+def infer_gcn_config(state: dict[str, torch.Tensor], layout: Layout | None, heads: int = 8, chunks: int = 4) -> dict:
+    """A bare ``gcn`` state dict: widths from shapes; heads are assumed equal-width (8, the default)."""
     blocks, b = [], 0
     while f"blocks.{b}.value.weight" in state:
         value_w = int(state[f"blocks.{b}.value.weight"].shape[0])

@@ -113,9 +113,9 @@ def train(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")],
     arch: Annotated[str, typer.Option(help="Architecture: gcn (the papers' attention GCN) or stgcn.")] = "gcn",
-    epochs: Annotated[int, typer.Option(help="Training epochs; the best on validation is kept.")] = 60,
+    epochs: Annotated[int, typer.Option(help="Training epochs; the best on validation is kept.")] = 150,
     seed: SeedOpt = 0,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Model config override key=value, e.g. --set heads=8.")] = None,
@@ -124,7 +124,7 @@ def train(
 ):
     """Train a model from scratch.
 
-    Example: gcnshrink train --data synthetic:hands --epochs 60 -o dense.pt
+    Example: gcnshrink train --data synthetic:hands -o dense.pt
     """
     from gcnshrink import api
     from gcnshrink.checkpoint import save_checkpoint
@@ -467,7 +467,7 @@ def gate(
 @user_errors
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path("demo-out"),
-    epochs: Annotated[int, typer.Option(help="Dense training epochs.")] = 60,
+    epochs: Annotated[int, typer.Option(help="Dense training epochs.")] = 150,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs per pruned model.")] = 20,
     rate: Annotated[float, typer.Option(help="Pruning rate of the demo.")] = 0.99,
     force: ForceOpt = False,

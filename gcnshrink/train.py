@@ -71,9 +71,9 @@ class FineTuneHooks:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
+    epochs: int = 150
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
     device: str | None = None

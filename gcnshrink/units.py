@@ -353,11 +353,9 @@ class UnitGraph:
 
     # ------------------------------------------------------------------ helpers
     def _units_for(self, b: TensorBinding, masks: dict[str, torch.Tensor]):
-        shape = masks[b.name].shape if b.name in masks else self._shape_from_axes(b)
-        return self.entry_units(b, shape)
-
-    def _shape_from_axes(self, b: TensorBinding) -> torch.Size:
-        raise KeyError(f"no mask given for {b.name}; pass a mask for every prunable tensor")
+        if b.name not in masks:
+            raise KeyError(f"no mask given for {b.name}; pass a mask for every prunable tensor")
+        return self.entry_units(b, masks[b.name].shape)
 
     @staticmethod
     def _kept(b: TensorBinding, masks: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -52,7 +52,7 @@ def signal_preserving_init(model) -> None:
 
 def small_gcn(layout: str = "sbu15"):
     torch.manual_seed(0)
-    model = create_model("gcn", layout=get_layout(layout), num_classes=5, hidden=32)
+    model = create_model("gcn", layout=get_layout(layout), num_classes=5, heads=4, hidden=32)
     signal_preserving_init(model)
     return model.eval()
 

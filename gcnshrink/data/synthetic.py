@@ -297,6 +297,11 @@ _REST[[_LEFT_ARM, _RIGHT_ARM]] = 0.1
 _REST[[_LEFT_ARM + 1, _RIGHT_ARM + 1]] = 0.1
 _REST[[_LEFT_ARM + 2, _RIGHT_ARM + 2]] = 0.15
 _REST[[_LEFT_LEG + 1, _RIGHT_LEG + 1]] = 0.05
+# Track columns with left and right limbs exchanged.
+_MIRRORED_LIMBS = np.r_[0:4, _RIGHT_ARM : _RIGHT_ARM + 3, _LEFT_ARM : _LEFT_ARM + 3, 12, 13, 10, 11]
+
+# Kinect-like sensor noise (m), and the share of joints per frame that jump by ~glitch m.
+BODY_NUISANCE = {"noise": 0.035, "glitch_rate": 0.02, "glitch": 0.15}
 
 
 # Torso-to-torso distance (m) at the start of each interaction.
@@ -318,7 +323,8 @@ def _body_subjects(rng: np.random.Generator, count: int) -> dict[str, np.ndarray
         "proportions": rng.uniform(0.95, 1.05, (count, 4)),  # torso, shoulders, arms, legs
         "style": rng.normal(0.0, 0.06, (count, _TRACK)) * (np.arange(_TRACK) >= _LEAN),
         "speed": np.exp(rng.normal(0.0, 0.2, count)),
-        "amplitude": rng.uniform(0.7, 1.0, count),
+        "amplitude": rng.uniform(0.6, 1.0, count),
+        "left_handed": rng.random(count) < 0.3,
     }
 
 
@@ -477,6 +483,12 @@ def _interaction_sequences(
         duration = min(0.65 / speed * rng.uniform(0.85, 1.15), 1.0 - start)
         amplitude = min(1.0, subjects["amplitude"][pair[0]] * rng.uniform(0.85, 1.1))
         actor, partner, gap = _interaction_script(labels[i], t, start, duration, amplitude)
+        # left-handed people punch, kick, push and hand over with the other side; a handshake
+        # stays right-handed
+        if labels[i] != SBU_CLASSES.index("shaking hands"):
+            for track, person in ((actor, pair[0]), (partner, pair[1])):
+                if subjects["left_handed"][person]:
+                    track[:] = track[:, _MIRRORED_LIMBS]
         tracks[0, i] = actor + subjects["style"][pair[0]]
         tracks[1, i] = partner + subjects["style"][pair[1]]
         distance[i] = gap * rng.uniform(0.85, 1.15)
@@ -505,15 +517,15 @@ def _interaction_sequences(
     # the tracker lists the two people in no particular order
     swap = rng.random(count) < 0.5
     joints[swap] = joints[swap][..., ::-1]
-    # camera: turned about the vertical, placed ~3 m in front, with Kinect-like noise and glitches
+    # seen from a camera turned about the vertical; coordinates are centred between the two
+    # people at about hip height (as after the usual centring step), give or take 10 cm
     view = _rotation(np.stack([np.zeros(count), rng.normal(0.0, 0.25, count), np.zeros(count)], 1))
     joints = np.einsum("nij,ntvjm->ntvim", view, joints)
-    joints += (np.array([0.0, -0.9, 3.0])[None] + rng.normal(0.0, 0.1, (count, 3)))[
-        :, None, None, :, None
-    ]
-    joints += rng.normal(0.0, 0.025, joints.shape)
-    glitch = rng.random(joints.shape[:3] + (1,) + joints.shape[4:]) < 0.01
-    joints += glitch * rng.normal(0.0, 0.15, joints.shape)
+    centre = np.array([0.0, -0.9, 0.0]) + rng.normal(0.0, 0.1, (count, 3))
+    joints += centre[:, None, None, :, None]
+    joints += rng.normal(0.0, BODY_NUISANCE["noise"], joints.shape)
+    glitch = rng.random(joints.shape[:3] + (1,) + joints.shape[4:]) < BODY_NUISANCE["glitch_rate"]
+    joints += glitch * rng.normal(0.0, BODY_NUISANCE["glitch"], joints.shape)
     x = joints.transpose(0, 3, 1, 2, 4)  # (N, C=3, T, V=15, M=2)
     return x.astype(np.float32), labels.astype(np.int64)
 

@@ -32,7 +32,7 @@ DEFAULTS = {
     "in_channels": 3,
     "chunks": 4,
     "num_blocks": 3,
-    "heads": 4,
+    "heads": 8,
     "head_width": 16,
     "key_width": 8,
     "hidden": 128,

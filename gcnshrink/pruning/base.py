@@ -197,7 +197,7 @@ class PruningMethod:
             raise GcnshrinkError(
                 f"{self.name} at rate {self.spec.rate} removes every weight of {empty[0]}"
                 f"{f' and {len(empty) - 1} more tensors' if len(empty) > 1 else ''}: the output would not depend on "
-                "the input; try --method tcp, --scope layer or a lower rate"
+                "the input; try --method tcp, --score lamp, --scope layer or a lower rate"
             )
 
     def attach(self, model: SkeletonModel, data=None) -> None:
