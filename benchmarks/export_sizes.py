@@ -21,6 +21,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from gcnshrink import api
 from gcnshrink.compact import compact_model
 from gcnshrink.data import load_data
@@ -52,9 +54,11 @@ def measure(model, calibration, workdir: Path, tag: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "export_sizes"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     cases = [
         ("gcn", "synthetic:hands", {}, 20 if not args.quick else 5),
         ("stgcn", "synthetic:sbu", {"base_width": 16 if args.quick else 64}, 6 if not args.quick else 2),

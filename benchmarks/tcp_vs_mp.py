@@ -63,14 +63,16 @@ def step_time(ckpt, data, method: str, rate: float, steps: int = 30) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="synthetic:hands,synthetic:sbu")
-    parser.add_argument("--methods", default="mp,tcp")
+    parser.add_argument("--methods", default="mp,mp:lamp,tcp-posthoc,tcp", help="method[:score], e.g. mp:lamp")
     parser.add_argument("--rates", default="0.9,0.95,0.98,0.99,0.995")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=60, help="dense training epochs")
     parser.add_argument("--finetune", type=int, default=20, help="fine-tune epochs, the same for every method")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)")
     parser.add_argument("--quick", action="store_true", help="one seed, rates 0.9 and 0.99, short training")
     parser.add_argument("--out", default=str(RESULTS / "tcp_vs_mp"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.rates, args.epochs, args.finetune = "0", "0.9,0.99", 15, 5
     datasets = args.datasets.split(",")
@@ -99,7 +101,9 @@ def main() -> None:
                 for method in methods:
                     if (spec, seed, method, rate) in finished:
                         continue
-                    outcome = api.prune(ckpt, data, method=method, rate=rate, epochs=args.finetune, seed=seed, progress=False, allow_collapse=True)
+                    name, _, score = method.partition(":")
+                    options = {"score": score} if score else {}
+                    outcome = api.prune(ckpt, data, method=name, rate=rate, epochs=args.finetune, seed=seed, progress=False, allow_collapse=True, **options)
                     s = outcome.summary
                     rec = {
                         "data": spec, "seed": seed, "method": method, "rate": rate,
@@ -120,7 +124,9 @@ def main() -> None:
 
 def render(result: dict, datasets, methods, rates) -> str:
     recs = result["records"]
-    lines = [f"Command: `python benchmarks/tcp_vs_mp.py {'--quick' if result['args']['quick'] else ''}`".replace(" `", "`").strip(), ""]
+    a = result["args"]
+    command = f"python benchmarks/tcp_vs_mp.py --datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} --finetune {a['finetune']}"
+    lines = [f"Command: `{command}`", ""]
     lines.append(f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs. Test accuracy, mean ± std over seeds {result['args']['seeds']}.")
     for spec in datasets:
         dense = [r["accuracy"] for r in recs if r["data"] == spec and r["method"] == "dense"]

@@ -324,6 +324,11 @@ class TopologyController(nn.Module):
 
     Each target tensor t has its own magnitude threshold τ_t (where the exact projection put that
     tensor's boundary); the sigmoid temperature is ``temperature`` × τ_t.
+
+    The propagation works per tensor axis, not per entry: the mask is summed over the axes that
+    index no unit (kernel taps), giving a (target positions × source positions) matrix, so a unit's
+    pre-activation is a matrix-vector product followed by a small scatter from positions to units
+    (ST-GCN's interleaved rows). M̃ is M times a_source and c_target broadcast along their axes.
     """
 
     def __init__(self, graph: UnitGraph, targets: list[TensorBinding], latent: dict[str, torch.Tensor], thresholds: dict[str, float], temperature: float):
@@ -335,7 +340,19 @@ class TopologyController(nn.Module):
         self.thresholds = thresholds
         self.temperature = temperature
         self.current: dict[str, torch.Tensor] = {}
-        self.entries = {b.name: tuple(t.to(latent[b.name].device) for t in graph.entry_units(b, latent[b.name].shape)) for b in graph.prunable if b.name in latent}
+        self.device = None
+        self._axes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._links: list[tuple[Link, torch.Tensor, torch.Tensor]] = []
+
+    def _prepare(self, device: torch.device) -> None:
+        """Per tensor: the unit of each target and source position, on the training device."""
+        self.device = device
+        self._axes = {
+            b.name: (b.axes[b.target_axis].units.to(device), b.axes[b.source_axis].units.to(device))
+            for b in self.graph.prunable
+            if b.name in self.latent
+        }
+        self._links = [(link, link.source_units.to(device), link.target_units.to(device)) for link in self.graph.links]
 
     def magnitude_masks(self) -> dict[str, torch.Tensor]:
         masks = {}
@@ -348,48 +365,64 @@ class TopologyController(nn.Module):
             masks[name] = straight_through((margin > 0).to(w.dtype), torch.sigmoid(margin / (self.temperature * tau)))
         return masks
 
+    @staticmethod
+    def _matrix(mask: torch.Tensor, b: TensorBinding) -> torch.Tensor:
+        """(target positions, source positions): the mask summed over every other axis."""
+        moved = mask.movedim((b.target_axis, b.source_axis), (0, 1))
+        return moved.reshape(moved.shape[0], moved.shape[1], -1).sum(dim=2)
+
     def compute(self) -> dict[str, torch.Tensor]:
         graph = self.graph
-        masks = {n: m.reshape(-1) for n, m in self.magnitude_masks().items()}
         device = next(iter(self.latent.values())).device
-        if next(iter(self.entries.values()))[0].device != device:
-            self.entries = {n: (s.to(device), d.to(device)) for n, (s, d) in self.entries.items()}
+        if device != self.device:
+            self._prepare(device)
+        masks = self.magnitude_masks()
+        matrices = {b.name: self._matrix(masks[b.name], b) for b in graph.prunable if b.name in masks}
+        incoming_links: dict[str, list] = {}
+        for link, src_units, dst_units in self._links:
+            incoming_links.setdefault(link.target, []).append((link, src_units, dst_units))
+        incoming_weights: dict[str, list[TensorBinding]] = {}
+        for b in graph.prunable:
+            incoming_weights.setdefault(b.target, []).append(b)
+
         acc: dict[str, torch.Tensor] = {}
         for space in graph.spaces:
             if space.role == "input":
                 acc[space.name] = torch.ones(space.width, device=device)
                 continue
             z = torch.zeros(space.width, device=device)
-            for edge in graph._incoming(space.name):
-                if isinstance(edge, Link):
-                    if edge.kind in SIGNAL_LINKS:
-                        z = z.index_add(0, edge.target_units.to(device), acc[edge.source][edge.source_units.to(device)])
-                    continue
-                src, dst = self.entries[edge.name]
-                z = z.index_add(0, dst, masks[edge.name] * acc[edge.source][src])
+            for link, src_units, dst_units in incoming_links.get(space.name, ()):
+                if link.kind in SIGNAL_LINKS:
+                    z = z.index_add(0, dst_units, acc[link.source][src_units])
+            for b in incoming_weights.get(space.name, ()):
+                target_units, source_units = self._axes[b.name]
+                z = z.index_add(0, target_units, matrices[b.name] @ acc[b.source][source_units])
             acc[space.name] = reach_step(z)
-        coacc_z: dict[str, torch.Tensor] = {s.name: torch.zeros(s.width, device=device) for s in graph.spaces}
+
+        coacc_z = {s.name: torch.zeros(s.width, device=device) for s in graph.spaces}
         coacc: dict[str, torch.Tensor] = {}
         for space in reversed(graph.spaces):
-            if space.role == "output":
-                coacc[space.name] = torch.ones(space.width, device=device)
-            else:
-                coacc[space.name] = reach_step(coacc_z[space.name])
-            here = coacc[space.name]
-            for edge in graph._incoming(space.name):
-                if isinstance(edge, Link):
-                    carried = here[edge.target_units.to(device)]
-                    if edge.kind == "steer":  # steering matters only where the head carries signal
-                        carried = carried * acc[space.name][edge.target_units.to(device)]
-                    coacc_z[edge.source] = coacc_z[edge.source].index_add(0, edge.source_units.to(device), carried)
-                    continue
-                src, dst = self.entries[edge.name]
-                coacc_z[edge.source] = coacc_z[edge.source].index_add(0, src, masks[edge.name] * here[dst])
+            here = torch.ones(space.width, device=device) if space.role == "output" else reach_step(coacc_z[space.name])
+            coacc[space.name] = here
+            for link, src_units, dst_units in incoming_links.get(space.name, ()):
+                carried = here[dst_units]
+                if link.kind == "steer":  # steering matters only where the head carries signal
+                    carried = carried * acc[space.name][dst_units]
+                coacc_z[link.source] = coacc_z[link.source].index_add(0, src_units, carried)
+            for b in incoming_weights.get(space.name, ()):
+                target_units, source_units = self._axes[b.name]
+                back = matrices[b.name].t() @ here[target_units]
+                coacc_z[b.source] = coacc_z[b.source].index_add(0, source_units, back)
+
         self.current = {}
         for b in self.targets:
-            src, dst = self.entries[b.name]
-            consistent = masks[b.name] * acc[b.source][src] * coacc[b.target][dst]
-            self.current[b.name] = consistent.view(self.latent[b.name].shape)
+            target_units, source_units = self._axes[b.name]
+            shape = [1] * masks[b.name].dim()
+            src_shape, dst_shape = list(shape), list(shape)
+            src_shape[b.source_axis] = -1
+            dst_shape[b.target_axis] = -1
+            gate = acc[b.source][source_units].view(src_shape) * coacc[b.target][target_units].view(dst_shape)
+            self.current[b.name] = masks[b.name] * gate
         return self.current
 
 
