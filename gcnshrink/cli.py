@@ -315,9 +315,8 @@ def compact(
     result = compact_model(ckpt.build_model(), calib)
     out = Checkpoint.from_model(result.model, ckpt.class_names, {**ckpt.provenance, "compacted_from": str(model)}, ckpt.pruning)
     save_checkpoint(out, output, force=force)
-    summary = result.summary() if hasattr(result, "summary") else {}
     if json_out:
-        print_json({**summary, "output": str(output)})
+        print_json({**result.to_dict(), "output": str(output)})
     else:
         console.print(f"compacted {model}: {result.params_before:,} -> {result.params_after:,} params, max relative logit change {result.relative_diff:.2e} -> {output}")
 

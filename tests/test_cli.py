@@ -393,3 +393,12 @@ def test_exported_files_evaluate_like_the_checkpoint(cli, exported_gcn, pruned_g
     sparse_info = ok_json(cli("inspect", exported_gcn / "model.sparse.safetensors", "--json"))
     assert sparse_info["bytes"] < pruned_gcn[0].stat().st_size
     assert onnx_info["format"] == "onnx" and onnx_info["params"] > 0
+
+
+def test_compact_json_reports_widths_and_the_logit_check(cli, pruned_gcn, tmp_path):
+    out = tmp_path / "c2.pt"
+    report = ok_json(cli("compact", pruned_gcn[0], "-o", out, "--json"))
+    assert report["params_after"] < report["params_before"]
+    assert report["relative_diff"] <= 1e-5
+    assert report["spaces"]["hidden"]["width_after"] <= report["spaces"]["hidden"]["width_before"]
+    assert report["output"] == str(out)
