@@ -3,7 +3,7 @@
     python examples/decode_sparse_safetensors.py model.safetensors
 
 Prints every tensor's name, dtype, shape and number of nonzeros. The format is described in
-docs/sparse-format.md; this script is deliberately independent of gcnshrink so it doubles as a
+docs/formats.md; this script is deliberately independent of gcnshrink so it doubles as a
 reference decoder. (numpy has no bfloat16, so files saved in bfloat16 need the torch loader.)
 """
 

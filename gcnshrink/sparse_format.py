@@ -2,7 +2,7 @@
 
 A sparse file is an ordinary safetensors file: every tensor is stored as one or more plain arrays
 plus a small JSON description in the header's ``__metadata__``, so it can be decoded with nothing
-but ``safetensors`` and numpy (see docs/sparse-format.md and examples/decode_sparse_safetensors.py).
+but ``safetensors`` and numpy (see docs/formats.md and examples/decode_sparse_safetensors.py).
 
 Per floating tensor the writer picks whichever encoding makes the smallest file:
 

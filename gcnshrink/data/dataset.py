@@ -131,7 +131,7 @@ def load_data(
     without it array files keep their T, raw folders and synthetic data use 32, pyskl 64.
     A validation split the source lacks is carved from train: ``val_fraction`` of every class,
     chosen by ``seed``. The test split is never used for that. The data themselves depend only on
-    the spec, never on ``seed``. Bad input raises GcnshrinkError. Details: docs/data.md.
+    the spec, never on ``seed``. Bad input raises GcnshrinkError. Details: docs/formats.md.
     """
     if frames is not None and frames < 1:
         raise GcnshrinkError(f"frames must be at least 1, got {frames}")

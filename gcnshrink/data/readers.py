@@ -2,7 +2,7 @@
 
 Each reader takes the path, the spec's options and the requested frame count, and returns a
 SplitArrays; every malformed input ends in a one-line GcnshrinkError naming the file (and key).
-The formats are described in docs/data.md.
+The formats are described in docs/formats.md.
 """
 
 from __future__ import annotations
