@@ -401,7 +401,9 @@ def _interaction_script(label: int, t: np.ndarray, start: float, duration: float
             person[:, _RIGHT_ARM] += 0.8 * reach + 0.12 * shake * reach
             person[:, _RIGHT_ARM + 2] += 0.35 * reach
     elif name == "exchanging":
-        _walk(actor, t, start, 0.4 * duration, 0.2 * amp)
+        # both step in a little, much as for a handshake, but the arms go out and come back
+        _walk(actor, t, start, 0.4 * duration, 0.25 * amp)
+        _walk(partner, t, start + 0.1 * duration, 0.4 * duration, 0.15 * amp)
         give = _bump(t, start + 0.2 * duration, 0.7 * duration)
         take = _bump(t, start + 0.35 * duration, 0.6 * duration)
         actor[:, _RIGHT_ARM] += 1.0 * amp * give
@@ -480,7 +482,8 @@ def _interaction_sequences(
         who[:, i] = pair
         speed = np.sqrt(subjects["speed"][pair[0]] * subjects["speed"][pair[1]])
         start = rng.uniform(0.02, 0.25)
-        duration = min(0.65 / speed * rng.uniform(0.85, 1.15), 1.0 - start)
+        # slow pairs may not finish within the clip
+        duration = 0.65 / speed * rng.uniform(0.85, 1.15)
         amplitude = min(1.0, subjects["amplitude"][pair[0]] * rng.uniform(0.85, 1.1))
         actor, partner, gap = _interaction_script(labels[i], t, start, duration, amplitude)
         # left-handed people punch, kick, push and hand over with the other side; a handshake
