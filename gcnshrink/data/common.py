@@ -178,3 +178,17 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     held = np.sort(np.concatenate(held_out)) if held_out else np.zeros(0, dtype=np.int64)
     keep = np.setdiff1d(np.arange(len(y)), held)
     return keep, held
+
+
+# The 8 actions of SBU Kinect Interaction, in the dataset's folder order 01..08 (also the
+# classes of synthetic:sbu).
+SBU_CLASSES = [
+    "approaching",
+    "departing",
+    "kicking",
+    "punching",
+    "pushing",
+    "hugging",
+    "shaking hands",
+    "exchanging",
+]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gcnshrink.data.common import (
+    SBU_CLASSES,
     Options,
     SplitArrays,
     check_labels_below,
@@ -30,16 +31,6 @@ from gcnshrink.layouts import get_layout, layout_from_edges
 RAW_DEFAULT_FRAMES = 32  # SBU and FPHA sequences are resampled to this many frames by default
 PYSKL_DEFAULT_FRAMES = 64  # pyskl clips are longer (NTU: up to 300); 64 is CTR-GCN's choice
 
-SBU_ACTIONS = [
-    "approaching",
-    "departing",
-    "kicking",
-    "punching",
-    "pushing",
-    "hugging",
-    "shaking hands",
-    "exchanging",
-]
 # The standard SBU 5-fold protocol, as 1-based set indices.
 SBU_FOLDS = [
     [1, 9, 15, 19],
@@ -510,7 +501,7 @@ def read_sbu(path: Path, options: Options, frames: int | None) -> SplitArrays:
             if not action_dir.name.isdigit():
                 continue
             action = int(action_dir.name)
-            if not 1 <= action <= len(SBU_ACTIONS):
+            if not 1 <= action <= len(SBU_CLASSES):
                 raise GcnshrinkError(f"{action_dir}: action folder must be 01..08")
             for seq_dir in _subdirs(action_dir):
                 rows = _read_numeric_rows(seq_dir / "skeleton_pos.txt", ",", 1 + 2 * 15 * 3)
@@ -528,7 +519,7 @@ def read_sbu(path: Path, options: Options, frames: int | None) -> SplitArrays:
         x_test=np.stack(xs["test"]),
         y_test=np.asarray(ys["test"], dtype=np.int64),
         layout=get_layout("sbu15"),
-        class_names=list(SBU_ACTIONS),
+        class_names=list(SBU_CLASSES),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcnshrink.data.common import Options, SplitArrays
+from gcnshrink.data.common import SBU_CLASSES, Options, SplitArrays
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.layouts import get_layout
 
@@ -276,16 +276,6 @@ def _hands(train: int, test: int, seed: int, frames: int) -> SplitArrays:
 
 # --------------------------------------------------------------------------- two-person interactions
 
-SBU_CLASSES = [
-    "approaching",
-    "departing",
-    "kicking",
-    "punching",
-    "pushing",
-    "hugging",
-    "shaking hands",
-    "exchanging",
-]
 
 # Columns of a person's track (T, 14): where the torso is and how each limb is held.
 _X, _Z, _Y, _LEAN = 0, 1, 2, 3  # forward position, sideways position, height change, forward lean

@@ -532,11 +532,6 @@ class PosthocConsistentPruning(ConsistentProjection):
         return {k: v.clone() for k, v in self.masks.items()}
 
 
-def budget_is_met(masks: dict[str, torch.Tensor], spec: PruneSpec) -> bool:
-    sizes = {n: m.numel() for n, m in masks.items()}
-    return sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, spec.rate)
-
-
 __all__ = [
     "ConsistentMask",
     "PosthocConsistentPruning",
