@@ -54,32 +54,53 @@ def measure(model, calibration, workdir: Path, tag: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "export_sizes"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [
         ("gcn", "synthetic:hands", {}, 20 if not args.quick else 5),
-        ("stgcn", "synthetic:sbu", {"base_width": 16 if args.quick else 64}, 6 if not args.quick else 2),
+        (
+            "stgcn",
+            "synthetic:sbu",
+            {"base_width": 16 if args.quick else 64},
+            6 if not args.quick else 2,
+        ),
     ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for arch, spec, config, epochs in cases:
             data = load_data(spec)
-            ckpt, dense_summary = api.train(data, arch, config=TrainConfig(epochs=epochs, progress=False), model_config=config)
+            ckpt, dense_summary = api.train(
+                data, arch, config=TrainConfig(epochs=epochs, progress=False), model_config=config
+            )
             calibration = data.x_val[:32]
             dense_model = ckpt.build_model()
             dense = measure(dense_model, calibration, work, f"{arch}-dense")
             for rate in (0.9, 0.99):
-                outcome = api.prune(ckpt, data, method="tcp", rate=rate, epochs=2 if not args.quick else 1, progress=False)
+                outcome = api.prune(
+                    ckpt,
+                    data,
+                    method="tcp",
+                    rate=rate,
+                    epochs=2 if not args.quick else 1,
+                    progress=False,
+                )
                 result = compact_model(outcome.model, calibration)
                 compact = measure(result.model, calibration, work, f"{arch}-{rate}")
                 row = {
-                    "arch": arch, "data": spec, "config": config, "rate": rate,
-                    "accuracy": outcome.summary["accuracy"], "dense_accuracy": dense_summary["accuracy"],
-                    "dense": dense, "compact": compact,
+                    "arch": arch,
+                    "data": spec,
+                    "config": config,
+                    "rate": rate,
+                    "accuracy": outcome.summary["accuracy"],
+                    "dense_accuracy": dense_summary["accuracy"],
+                    "dense": dense,
+                    "compact": compact,
                     "compaction_relative_diff": result.relative_diff,
                 }
                 rows.append(row)
@@ -104,13 +125,18 @@ def render(rows: list[dict], quick: bool) -> str:
     ]
     for r in rows:
         d, c = r["dense"], r["compact"]
-        name = r["arch"] + (f" (base {r['config']['base_width']})" if "base_width" in r["config"] else "")
+        name = r["arch"] + (
+            f" (base {r['config']['base_width']})" if "base_width" in r["config"] else ""
+        )
         lines.append(
             f"| {name} | {r['rate']:g} | {d['params']:,} → {c['params']:,} | {kb(d['bytes_dense'])} | {kb(c['bytes_dense'])} | "
             f"{kb(c['bytes_sparse'])} | {kb(c['bytes_gzip'])} | {kb(c['bytes_bound'])} | {c['bytes_sparse'] / c['bytes_bound']:.2f} | "
             f"{kb(d['bytes_onnx'])} → {kb(c['bytes_onnx'])} | {d['latency_ms']:.3f} → {c['latency_ms']:.3f} ms |"
         )
-    lines += ["", "The sparse file carries gcnshrink's metadata (config, classes, provenance) only when written by `gcnshrink export`; here it holds tensors alone, as the bound does."]
+    lines += [
+        "",
+        "The sparse file carries gcnshrink's metadata (config, classes, provenance) only when written by `gcnshrink export`; here it holds tensors alone, as the bound does.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -63,13 +63,21 @@ def step_time(ckpt, data, method: str, rate: float, steps: int = 30) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="synthetic:hands,synthetic:sbu")
-    parser.add_argument("--methods", default="mp,mp:lamp,tcp-posthoc,tcp", help="method[:score], e.g. mp:lamp")
+    parser.add_argument(
+        "--methods", default="mp,mp:lamp,tcp-posthoc,tcp", help="method[:score], e.g. mp:lamp"
+    )
     parser.add_argument("--rates", default="0.9,0.95,0.98,0.99,0.995")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=60, help="dense training epochs")
-    parser.add_argument("--finetune", type=int, default=20, help="fine-tune epochs, the same for every method")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)")
-    parser.add_argument("--quick", action="store_true", help="one seed, rates 0.9 and 0.99, short training")
+    parser.add_argument(
+        "--finetune", type=int, default=20, help="fine-tune epochs, the same for every method"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one seed, rates 0.9 and 0.99, short training"
+    )
     parser.add_argument("--out", default=str(RESULTS / "tcp_vs_mp"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,32 +97,65 @@ def main() -> None:
     for spec in datasets:
         for seed in seeds:
             data = load_data(spec, seed=seed)
-            ckpt, dense = api.train(data, "gcn", config=TrainConfig(epochs=args.epochs, seed=seed, progress=False))
-            records.append({"data": spec, "seed": seed, "method": "dense", "rate": 0.0, "accuracy": dense["accuracy"], "val_accuracy": dense["val_accuracy"]})
+            ckpt, dense = api.train(
+                data, "gcn", config=TrainConfig(epochs=args.epochs, seed=seed, progress=False)
+            )
+            records.append(
+                {
+                    "data": spec,
+                    "seed": seed,
+                    "method": "dense",
+                    "rate": 0.0,
+                    "accuracy": dense["accuracy"],
+                    "val_accuracy": dense["val_accuracy"],
+                }
+            )
             print(f"{spec} seed {seed}: dense test accuracy {dense['accuracy']:.3f}", flush=True)
             if seed == seeds[0]:
                 mp_t = step_time(ckpt, data, "mp", 0.99)
                 tcp_t = step_time(ckpt, data, "tcp", 0.99)
-                timing.append({"data": spec, "mp_step_s": mp_t, "tcp_step_s": tcp_t, "ratio": tcp_t / mp_t})
-                print(f"  step time mp {mp_t * 1e3:.1f} ms, tcp {tcp_t * 1e3:.1f} ms, ratio {tcp_t / mp_t:.2f}", flush=True)
+                timing.append(
+                    {"data": spec, "mp_step_s": mp_t, "tcp_step_s": tcp_t, "ratio": tcp_t / mp_t}
+                )
+                print(
+                    f"  step time mp {mp_t * 1e3:.1f} ms, tcp {tcp_t * 1e3:.1f} ms, ratio {tcp_t / mp_t:.2f}",
+                    flush=True,
+                )
             for rate in rates:
                 for method in methods:
                     if (spec, seed, method, rate) in finished:
                         continue
                     name, _, score = method.partition(":")
                     options = {"score": score} if score else {}
-                    outcome = api.prune(ckpt, data, method=name, rate=rate, epochs=args.finetune, seed=seed, progress=False, allow_collapse=True, **options)
+                    outcome = api.prune(
+                        ckpt,
+                        data,
+                        method=name,
+                        rate=rate,
+                        epochs=args.finetune,
+                        seed=seed,
+                        progress=False,
+                        allow_collapse=True,
+                        **options,
+                    )
                     s = outcome.summary
                     rec = {
-                        "data": spec, "seed": seed, "method": method, "rate": rate,
-                        "realized_rate": s["realized_rate"], "accuracy": s["accuracy"],
+                        "data": spec,
+                        "seed": seed,
+                        "method": method,
+                        "rate": rate,
+                        "realized_rate": s["realized_rate"],
+                        "accuracy": s["accuracy"],
                         "dense_accuracy": s["dense_accuracy"],
                         "inconsistent_fraction": inconsistent_fraction(outcome.model),
                         "finetune_seconds": s["finetune_seconds"],
                     }
                     records.append(rec)
                     partial.write_text(json.dumps({"records": records, "timing": timing}, indent=1))
-                    print(f"  {method:>4} @ {rate}: acc {rec['accuracy']:.3f} inconsistent {rec['inconsistent_fraction']:.1%}", flush=True)
+                    print(
+                        f"  {method:>4} @ {rate}: acc {rec['accuracy']:.3f} inconsistent {rec['inconsistent_fraction']:.1%}",
+                        flush=True,
+                    )
     result = {"args": vars(args), "records": records, "timing": timing}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(render(result, datasets, methods, rates))
@@ -127,20 +168,48 @@ def render(result: dict, datasets, methods, rates) -> str:
     a = result["args"]
     command = f"python benchmarks/tcp_vs_mp.py --datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} --finetune {a['finetune']}"
     lines = [f"Command: `{command}`", ""]
-    lines.append(f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs. Test accuracy, mean ± std over seeds {result['args']['seeds']}.")
+    lines.append(
+        f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs. Test accuracy, mean ± std over seeds {result['args']['seeds']}."
+    )
     for spec in datasets:
         dense = [r["accuracy"] for r in recs if r["data"] == spec and r["method"] == "dense"]
-        lines += ["", f"### {spec} (dense {fmt(dense)})", "", "| rate | " + " | ".join(methods) + " | mp kept weights inconsistent |", "|---|" + "---|" * (len(methods) + 1)]
+        lines += [
+            "",
+            f"### {spec} (dense {fmt(dense)})",
+            "",
+            "| rate | " + " | ".join(methods) + " | mp kept weights inconsistent |",
+            "|---|" + "---|" * (len(methods) + 1),
+        ]
         for rate in rates:
             row = [f"{rate:g}"]
             for method in methods:
-                row.append(fmt([r["accuracy"] for r in recs if r["data"] == spec and r["method"] == method and r["rate"] == rate]))
-            incons = [r["inconsistent_fraction"] for r in recs if r["data"] == spec and r["method"] == "mp" and r["rate"] == rate]
+                row.append(
+                    fmt(
+                        [
+                            r["accuracy"]
+                            for r in recs
+                            if r["data"] == spec and r["method"] == method and r["rate"] == rate
+                        ]
+                    )
+                )
+            incons = [
+                r["inconsistent_fraction"]
+                for r in recs
+                if r["data"] == spec and r["method"] == "mp" and r["rate"] == rate
+            ]
             row.append(fmt(incons))
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Fine-tune step time (batch 64, rate 0.99, same run):", "", "| data | mp ms | tcp ms | tcp / mp |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Fine-tune step time (batch 64, rate 0.99, same run):",
+        "",
+        "| data | mp ms | tcp ms | tcp / mp |",
+        "|---|---|---|---|",
+    ]
     for t in result["timing"]:
-        lines.append(f"| {t['data']} | {t['mp_step_s'] * 1e3:.1f} | {t['tcp_step_s'] * 1e3:.1f} | {t['ratio']:.2f} |")
+        lines.append(
+            f"| {t['data']} | {t['mp_step_s'] * 1e3:.1f} | {t['tcp_step_s'] * 1e3:.1f} | {t['ratio']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

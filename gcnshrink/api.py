@@ -34,14 +34,18 @@ def check_compatible(ckpt: Checkpoint, data: SkeletonData) -> None:
     cfg = ckpt.config
     layout = cfg["layout"]
     if cfg["num_classes"] != data.num_classes:
-        raise GcnshrinkError(f"model has {cfg['num_classes']} classes, data {data.spec!r} has {data.num_classes}")
+        raise GcnshrinkError(
+            f"model has {cfg['num_classes']} classes, data {data.spec!r} has {data.num_classes}"
+        )
     if layout["num_joints"] != data.num_joints or layout["persons"] != data.persons:
         raise GcnshrinkError(
             f"model expects V={layout['num_joints']} joints × M={layout['persons']} persons, "
             f"data {data.spec!r} has V={data.num_joints}, M={data.persons}"
         )
     if cfg.get("in_channels", data.in_channels) != data.in_channels:
-        raise GcnshrinkError(f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}")
+        raise GcnshrinkError(
+            f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}"
+        )
 
 
 # ---------------------------------------------------------------------------- train / eval
@@ -56,10 +60,18 @@ def train(
     config = config or TrainConfig()
     data = as_data(data, config.seed)
     torch.manual_seed(config.seed)
-    model = create_model(arch, num_classes=data.num_classes, layout=data.layout, in_channels=data.in_channels, **(model_config or {}))
+    model = create_model(
+        arch,
+        num_classes=data.num_classes,
+        layout=data.layout,
+        in_channels=data.in_channels,
+        **(model_config or {}),
+    )
     result = fit(model, data, config, description=f"train {arch}")
     test = evaluate(result.model, data.x_test, data.y_test, data.num_classes)
-    prov = provenance(seed=config.seed, data=data.spec, epochs=config.epochs, best_epoch=result.best_epoch)
+    prov = provenance(
+        seed=config.seed, data=data.spec, epochs=config.epochs, best_epoch=result.best_epoch
+    )
     ckpt = Checkpoint.from_model(result.model, data.class_names, prov)
     summary = {
         "arch": arch,
@@ -74,7 +86,9 @@ def train(
     return ckpt, summary
 
 
-def evaluate_checkpoint(model: Checkpoint | str | Path, data: SkeletonData | str, seed: int = 0) -> dict:
+def evaluate_checkpoint(
+    model: Checkpoint | str | Path, data: SkeletonData | str, seed: int = 0
+) -> dict:
     ckpt = as_checkpoint(model)
     data = as_data(data, seed)
     check_compatible(ckpt, data)
@@ -115,7 +129,9 @@ def prune(
     spec.validate()
     if epochs < 0:
         raise GcnshrinkError(f"--epochs must be >= 0, got {epochs}")
-    ckpt = as_checkpoint(model)  # a missing or unreadable file is a clear error before anything else
+    ckpt = as_checkpoint(
+        model
+    )  # a missing or unreadable file is a clear error before anything else
     source_path = model if isinstance(model, (str, Path)) else source_path
     source_hash = file_sha256(source_path) if source_path is not None else None
     data = as_data(data, seed)
@@ -131,9 +147,15 @@ def prune(
         on_step=pruner.on_step,
         deliverable=lambda m: pruner.deliverable(),
         selectable=pruner.selectable,
-        status=lambda: f"sparsity {realized_rate(pruner.final_masks()):.2%}" if pruner.selectable() else "ramping",
+        status=lambda: (
+            f"sparsity {realized_rate(pruner.final_masks()):.2%}"
+            if pruner.selectable()
+            else "ramping"
+        ),
     )
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress)
+    train_config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress
+    )
     if epochs > 0:
         result = fit(working, data, train_config, hooks, description=f"prune {method} @ {rate:g}")
         pruned, best_epoch, seconds = result.model, result.best_epoch, result.seconds
@@ -156,7 +178,9 @@ def prune(
         "finetune_seconds": seconds,
     }
     prov = provenance(seed=seed, data=data.spec, source_sha256=source_hash, source=ckpt.provenance)
-    out_ckpt = Checkpoint.from_model(pruned, ckpt.class_names or data.class_names, prov, pruning=record, masks=masks)
+    out_ckpt = Checkpoint.from_model(
+        pruned, ckpt.class_names or data.class_names, prov, pruning=record, masks=masks
+    )
     summary = {
         **record,
         "accuracy": test["accuracy"],

@@ -51,14 +51,31 @@ class Checkpoint:
         try:
             model = create_model(self.arch, **self.config)
         except (KeyError, ValueError, TypeError) as exc:
-            raise GcnshrinkError(f"cannot build {self.arch!r} from the checkpoint's config: {exc}") from None
+            raise GcnshrinkError(
+                f"cannot build {self.arch!r} from the checkpoint's config: {exc}"
+            ) from None
         load_state_dict_strict(model, self.state_dict)
         return model.eval()
 
     @classmethod
-    def from_model(cls, model: SkeletonModel, class_names: list[str], provenance: dict, pruning: dict | None = None, masks=None) -> Checkpoint:
+    def from_model(
+        cls,
+        model: SkeletonModel,
+        class_names: list[str],
+        provenance: dict,
+        pruning: dict | None = None,
+        masks=None,
+    ) -> Checkpoint:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return cls(model.arch, json_safe(model.config), state, list(class_names), provenance, pruning, masks)
+        return cls(
+            model.arch,
+            json_safe(model.config),
+            state,
+            list(class_names),
+            provenance,
+            pruning,
+            masks,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -88,7 +105,9 @@ def provenance(seed: int | None = None, data: str | None = None, **extra) -> dic
         "torch_version": str(torch.__version__),
         "seed": seed,
         "data": data,
-        "command": " ".join(["gcnshrink", *sys.argv[1:]]) if sys.argv and "gcnshrink" in sys.argv[0] else None,
+        "command": " ".join(["gcnshrink", *sys.argv[1:]])
+        if sys.argv and "gcnshrink" in sys.argv[0]
+        else None,
         **extra,
     }
 
@@ -105,18 +124,27 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
     """load_state_dict with one-line errors naming the first offending key and shapes."""
     own = model.state_dict()
     state = dict(state)
-    for key, value in own.items():  # exports leave out BN step counters; they only matter to training
+    for (
+        key,
+        value,
+    ) in own.items():  # exports leave out BN step counters; they only matter to training
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(value)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
-        raise GcnshrinkError(f"checkpoint lacks {missing[0]!r} (shape {tuple(own[missing[0]].shape)}) and {len(missing) - 1} more keys the model needs")
+        raise GcnshrinkError(
+            f"checkpoint lacks {missing[0]!r} (shape {tuple(own[missing[0]].shape)}) and {len(missing) - 1} more keys the model needs"
+        )
     if unexpected:
-        raise GcnshrinkError(f"checkpoint has key {unexpected[0]!r} that the model does not have ({len(unexpected)} unexpected keys)")
+        raise GcnshrinkError(
+            f"checkpoint has key {unexpected[0]!r} that the model does not have ({len(unexpected)} unexpected keys)"
+        )
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise GcnshrinkError(f"shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}")
+            raise GcnshrinkError(
+                f"shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state, strict=True)
 
 
@@ -167,9 +195,13 @@ def read_torch_file(path: str | Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _first_line(exc, prefer="Unsupported global")
-        raise GcnshrinkError(f"refusing to load {path}: it is not plain tensors and data ({reason})") from None
+        raise GcnshrinkError(
+            f"refusing to load {path}: it is not plain tensors and data ({reason})"
+        ) from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise GcnshrinkError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise GcnshrinkError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})"
+        ) from None
 
 
 def load_checkpoint(
@@ -187,10 +219,17 @@ def load_checkpoint(
     obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return Checkpoint(
-            obj["arch"], obj["config"], obj["state_dict"], list(obj.get("class_names") or []),
-            obj.get("provenance") or {}, obj.get("pruning"), obj.get("masks"),
+            obj["arch"],
+            obj["config"],
+            obj["state_dict"],
+            list(obj.get("class_names") or []),
+            obj.get("provenance") or {},
+            obj.get("pruning"),
+            obj.get("masks"),
         )
-    return import_foreign(obj, path, arch=arch, layout=layout, num_classes=num_classes, config=config)
+    return import_foreign(
+        obj, path, arch=arch, layout=layout, num_classes=num_classes, config=config
+    )
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -201,8 +240,12 @@ def _load_safetensors(path: Path) -> Checkpoint:
         raise GcnshrinkError(f"{path}: not a gcnshrink safetensors export (no gcnshrink metadata)")
     try:
         return Checkpoint(
-            meta["arch"], json.loads(meta["config"]), tensors, json.loads(meta.get("class_names", "[]")),
-            json.loads(meta.get("provenance", "{}")), json.loads(meta.get("pruning", "null")),
+            meta["arch"],
+            json.loads(meta["config"]),
+            tensors,
+            json.loads(meta.get("class_names", "[]")),
+            json.loads(meta.get("provenance", "{}")),
+            json.loads(meta.get("pruning", "null")),
         )
     except (KeyError, json.JSONDecodeError) as exc:
         raise GcnshrinkError(f"{path}: broken gcnshrink metadata ({exc})") from None
@@ -246,7 +289,11 @@ def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_tensor_map(d: dict) -> bool:
-    return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, torch.Tensor) for v in d.values())
+    return (
+        bool(d)
+        and all(isinstance(k, str) for k in d)
+        and all(isinstance(v, torch.Tensor) for v in d.values())
+    )
 
 
 def rename_pyskl_stgcn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -279,7 +326,9 @@ def rename_pyskl_stgcn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             elif unit == "residual" and rest.startswith("bn."):
                 out[f"st_gcn_networks.{i}.residual.1.{rest[3:]}"] = value
             else:
-                raise GcnshrinkError(f"unsupported pyskl STGCN key {'backbone.' + key!r} (only the default importance/unit_tcn variant imports)")
+                raise GcnshrinkError(
+                    f"unsupported pyskl STGCN key {'backbone.' + key!r} (only the default importance/unit_tcn variant imports)"
+                )
         elif key.startswith("cls_head.fc_cls."):
             param = key.rsplit(".", 1)[1]
             out[f"fcn.{param}"] = value[:, :, None, None] if param == "weight" else value
@@ -291,20 +340,30 @@ def rename_pyskl_stgcn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def infer_arch(state: dict[str, torch.Tensor]) -> str:
     if any(k.startswith("st_gcn_networks.") for k in state):
         return "stgcn"
-    if any(k.startswith("gcn.") and ".gcn." in k for k in state) and any(k.startswith("cls_head.") for k in state):
+    if any(k.startswith("gcn.") and ".gcn." in k for k in state) and any(
+        k.startswith("cls_head.") for k in state
+    ):
         return "pyskl-stgcn"
     if any(k.startswith("blocks.") and k.endswith("query.weight") for k in state):
         return "gcn"
     if any(k.startswith("l1.gcn1.conv_a") for k in state):
-        raise GcnshrinkError("this is a 2s-AGCN checkpoint; gcnshrink's zoo has gcn and stgcn, not agcn yet")
+        raise GcnshrinkError(
+            "this is a 2s-AGCN checkpoint; gcnshrink's zoo has gcn and stgcn, not agcn yet"
+        )
     if any(k.startswith("l1.gcn1.convs.0.conv1") for k in state):
-        raise GcnshrinkError("this is a CTR-GCN checkpoint; gcnshrink's zoo has gcn and stgcn, not ctrgcn yet")
+        raise GcnshrinkError(
+            "this is a CTR-GCN checkpoint; gcnshrink's zoo has gcn and stgcn, not ctrgcn yet"
+        )
     if any(k.startswith("gcn3d1.") for k in state):
-        raise GcnshrinkError("this is an MS-G3D checkpoint; gcnshrink's zoo has gcn and stgcn, not msg3d yet")
+        raise GcnshrinkError(
+            "this is an MS-G3D checkpoint; gcnshrink's zoo has gcn and stgcn, not msg3d yet"
+        )
     raise GcnshrinkError("cannot tell the architecture from the checkpoint's keys; pass --arch")
 
 
-def infer_stgcn_config(state: dict[str, torch.Tensor], layout: Layout | None, num_classes: int | None) -> dict:
+def infer_stgcn_config(
+    state: dict[str, torch.Tensor], layout: Layout | None, num_classes: int | None
+) -> dict:
     if "A" not in state:
         raise GcnshrinkError("ST-GCN checkpoint has no adjacency buffer 'A'")
     k, v = int(state["A"].shape[0]), int(state["A"].shape[1])
@@ -320,7 +379,15 @@ def infer_stgcn_config(state: dict[str, torch.Tensor], layout: Layout | None, nu
             residual = "conv"
         else:
             residual = "none" if i == 0 else "identity"
-        blocks.append({"in": int(c_in), "mid": int(mid), "out": int(out), "stride": stride, "residual": residual})
+        blocks.append(
+            {
+                "in": int(c_in),
+                "mid": int(mid),
+                "out": int(out),
+                "stride": stride,
+                "residual": residual,
+            }
+        )
         i += 1
     if not blocks:
         raise GcnshrinkError("no st_gcn_networks.* blocks in the checkpoint")
@@ -332,17 +399,28 @@ def infer_stgcn_config(state: dict[str, torch.Tensor], layout: Layout | None, nu
             raise GcnshrinkError(f"no built-in layout has {v} joints; pass --layout")
         layout = get_layout(name)
     if layout.num_joints != v:
-        raise GcnshrinkError(f"layout {layout.name} has {layout.num_joints} joints but the checkpoint's 'A' has {v}")
+        raise GcnshrinkError(
+            f"layout {layout.name} has {layout.num_joints} joints but the checkpoint's 'A' has {v}"
+        )
     if bn_len == v * in_channels:
         data_bn = "VC"
     elif bn_len == layout.persons * v * in_channels:
         data_bn = "MVC"
     else:
-        raise GcnshrinkError(f"data_bn has {bn_len} entries; expected V·C={v * in_channels} or M·V·C")
+        raise GcnshrinkError(
+            f"data_bn has {bn_len} entries; expected V·C={v * in_channels} or M·V·C"
+        )
     classes = int(state["fcn.weight"].shape[0])
     if num_classes is not None and num_classes != classes:
         raise GcnshrinkError(f"checkpoint has {classes} classes, --num-classes says {num_classes}")
-    return {"num_classes": classes, "layout": layout.to_dict(), "in_channels": in_channels, "blocks": blocks, "data_bn": data_bn, "edge_importance": "edge_importance.0" in state}
+    return {
+        "num_classes": classes,
+        "layout": layout.to_dict(),
+        "in_channels": in_channels,
+        "blocks": blocks,
+        "data_bn": data_bn,
+        "edge_importance": "edge_importance.0" in state,
+    }
 
 
 def _stride_guess(blocks: list[dict], i: int, out: int) -> int:
@@ -350,22 +428,30 @@ def _stride_guess(blocks: list[dict], i: int, out: int) -> int:
     return 2 if blocks and i > 0 and out > blocks[-1]["out"] else 1
 
 
-def infer_gcn_config(state: dict[str, torch.Tensor], layout: Layout | None, heads: int = 8, chunks: int = 4) -> dict:
+def infer_gcn_config(
+    state: dict[str, torch.Tensor], layout: Layout | None, heads: int = 8, chunks: int = 4
+) -> dict:
     """A bare ``gcn`` state dict: widths from shapes; heads are assumed equal-width (8, the default)."""
     blocks, b = [], 0
     while f"blocks.{b}.value.weight" in state:
         value_w = int(state[f"blocks.{b}.value.weight"].shape[0])
         key_w = int(state[f"blocks.{b}.query.weight"].shape[0])
         if value_w % heads or key_w % heads:
-            raise GcnshrinkError(f"block {b} widths ({value_w}, {key_w}) do not split into {heads} equal heads; pass --config")
-        blocks.append({"value_widths": [value_w // heads] * heads, "key_widths": [key_w // heads] * heads})
+            raise GcnshrinkError(
+                f"block {b} widths ({value_w}, {key_w}) do not split into {heads} equal heads; pass --config"
+            )
+        blocks.append(
+            {"value_widths": [value_w // heads] * heads, "key_widths": [key_w // heads] * heads}
+        )
         b += 1
     in_width = int(state["blocks.0.value.weight"].shape[1])
     nodes = int(state["fc.weight"].shape[1]) // sum(blocks[-1]["value_widths"])
     if layout is None:
         candidates = [lay for lay in LAYOUTS.values() if lay.num_joints * lay.persons == nodes]
         if len(candidates) != 1:
-            raise GcnshrinkError(f"cannot tell the skeleton layout of a {nodes}-node gcn; pass --layout")
+            raise GcnshrinkError(
+                f"cannot tell the skeleton layout of a {nodes}-node gcn; pass --layout"
+            )
         layout = candidates[0]
     return {
         "num_classes": int(state["classifier.weight"].shape[0]),
@@ -379,7 +465,9 @@ def infer_gcn_config(state: dict[str, torch.Tensor], layout: Layout | None, head
     }
 
 
-def import_foreign(obj, path: Path, *, arch=None, layout=None, num_classes=None, config=None) -> Checkpoint:
+def import_foreign(
+    obj, path: Path, *, arch=None, layout=None, num_classes=None, config=None
+) -> Checkpoint:
     state = unwrap_state_dict(obj, path)
     kind = infer_arch(state) if arch is None else arch
     lay = get_layout(layout) if layout else None
@@ -393,7 +481,13 @@ def import_foreign(obj, path: Path, *, arch=None, layout=None, num_classes=None,
         cfg = infer_stgcn_config(state, lay, num_classes)
     else:
         cfg = infer_gcn_config(state, lay)
-    ckpt = Checkpoint(kind, json_safe(create_model(kind, **cfg).config), state, [], {"imported_from": str(path), "sha256": file_sha256(path)})
+    ckpt = Checkpoint(
+        kind,
+        json_safe(create_model(kind, **cfg).config),
+        state,
+        [],
+        {"imported_from": str(path), "sha256": file_sha256(path)},
+    )
     ckpt.build_model()  # validate now: a mismatch names the key and shapes
     return ckpt
 

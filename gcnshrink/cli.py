@@ -81,7 +81,14 @@ def check_output(path: Path, force: bool) -> None:
 
 @app.callback()
 def configure(
-    threads: Annotated[int, typer.Option("--threads", envvar="GCNSHRINK_THREADS", help="CPU threads for PyTorch. The zoo's models are small: one thread is fastest on CPU (docs/benchmarks.md); raise it for full-size ST-GCN.")] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            envvar="GCNSHRINK_THREADS",
+            help="CPU threads for PyTorch. The zoo's models are small: one thread is fastest on CPU (docs/benchmarks.md); raise it for full-size ST-GCN.",
+        ),
+    ] = 1,
 ) -> None:
     """Global options, before the command: gcnshrink --threads 2 train ..."""
     import torch
@@ -92,12 +99,30 @@ def configure(
     torch.set_num_threads(threads)
 
 
-DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset spec: synthetic:hands, synthetic:sbu, a .npz/.pkl file or a dataset folder (docs/formats.md).")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Dataset spec: synthetic:hands, synthetic:sbu, a .npz/.pkl file or a dataset folder (docs/formats.md).",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (data split, initialisation, batches).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture of a foreign checkpoint (default: inferred from its keys).")]
-LayoutOpt = Annotated[str | None, typer.Option("--layout", help="Skeleton layout of a foreign checkpoint, e.g. ntu25 (default: inferred from its joint count).")]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch", help="Architecture of a foreign checkpoint (default: inferred from its keys)."
+    ),
+]
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layout",
+        help="Skeleton layout of a foreign checkpoint, e.g. ntu25 (default: inferred from its joint count).",
+    ),
+]
 
 
 def load_model_file(path: Path, arch: str | None, layout: str | None):
@@ -112,13 +137,22 @@ def load_model_file(path: Path, arch: str | None, layout: str | None):
 def train(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")],
-    arch: Annotated[str, typer.Option(help="Architecture: gcn (the papers' attention GCN) or stgcn.")] = "gcn",
-    epochs: Annotated[int, typer.Option(help="Training epochs; the best on validation is kept.")] = 150,
+    arch: Annotated[
+        str, typer.Option(help="Architecture: gcn (the papers' attention GCN) or stgcn.")
+    ] = "gcn",
+    epochs: Annotated[
+        int, typer.Option(help="Training epochs; the best on validation is kept.")
+    ] = 150,
     seed: SeedOpt = 0,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Model config override key=value, e.g. --set heads=8.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Model config override key=value, e.g. --set heads=8."),
+    ] = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
 ):
@@ -134,8 +168,12 @@ def train(
     if epochs < 1:
         raise GcnshrinkError(f"--epochs must be at least 1, got {epochs}")
     dataset = load_spec(data, seed)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not json_out)
-    ckpt, summary = api.train(dataset, arch, config=config, model_config=parse_config_overrides(set_))
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not json_out
+    )
+    ckpt, summary = api.train(
+        dataset, arch, config=config, model_config=parse_config_overrides(set_)
+    )
     save_checkpoint(ckpt, output, force=force)
     summary["output"] = str(output)
     if json_out:
@@ -151,7 +189,9 @@ def train(
 @app.command("eval")
 @user_errors
 def eval_(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")
+    ],
     data: DataOpt,
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
@@ -166,17 +206,27 @@ def eval_(
 
     dataset = load_spec(data, seed)
     m = measure_model(model, dataset, flops=False, load_options={"arch": arch, "layout": layout})
-    result = {"model": str(model), "data": data, "accuracy": m["accuracy"], "mean_class_accuracy": m["mean_class_accuracy"], "samples": m["samples"]}
+    result = {
+        "model": str(model),
+        "data": data,
+        "accuracy": m["accuracy"],
+        "mean_class_accuracy": m["mean_class_accuracy"],
+        "samples": m["samples"],
+    }
     if json_out:
         print_json(result)
     else:
-        console.print(f"{model}: accuracy [bold]{m['accuracy']:.2%}[/], mean per-class {m['mean_class_accuracy']:.2%} on {m['samples']} test samples of {data}")
+        console.print(
+            f"{model}: accuracy [bold]{m['accuracy']:.2%}[/], mean per-class {m['mean_class_accuracy']:.2%} on {m['samples']} test samples of {data}"
+        )
 
 
 @app.command()
 @user_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")
+    ],
     json_out: JsonOpt = False,
     latency: Annotated[bool, typer.Option(help="Also time one-sample inference (CPU).")] = False,
     arch: ArchOpt = None,
@@ -197,9 +247,18 @@ def inspect(
     if "layers" in m:
         table = Table(title=f"{model} ({m.get('arch', '?')})")
         for col in ("tensor", "shape", "params", "nonzero", "inconsistent", "source -> target"):
-            table.add_column(col, justify="left" if col in ("tensor", "source -> target") else "right")
+            table.add_column(
+                col, justify="left" if col in ("tensor", "source -> target") else "right"
+            )
         for row in m["layers"]:
-            table.add_row(row["name"], "×".join(map(str, row["shape"])), f"{row['params']:,}", f"{row['nonzero']:,}", str(row["inconsistent"]), f"{row['source']} -> {row['target']}")
+            table.add_row(
+                row["name"],
+                "×".join(map(str, row["shape"])),
+                f"{row['params']:,}",
+                f"{row['nonzero']:,}",
+                str(row["inconsistent"]),
+                f"{row['source']} -> {row['target']}",
+            )
         console.print(table)
     facts = [
         ("params", f"{m['params']:,}"),
@@ -207,9 +266,21 @@ def inspect(
         ("FLOPs / sample", f"{m['flops']:,}" if m.get("flops") is not None else "n/a"),
         ("file bytes", f"{m['bytes']:,}"),
     ]
-    for key in ("bytes_dense", "bytes_sparse", "bytes_gzip", "inconsistent_connections", "dead_units", "latency_ms"):
+    for key in (
+        "bytes_dense",
+        "bytes_sparse",
+        "bytes_gzip",
+        "inconsistent_connections",
+        "dead_units",
+        "latency_ms",
+    ):
         if m.get(key) is not None:
-            facts.append((key.replace("_", " "), f"{m[key]:,}" if isinstance(m[key], int) else f"{m[key]:.3f}"))
+            facts.append(
+                (
+                    key.replace("_", " "),
+                    f"{m[key]:,}" if isinstance(m[key], int) else f"{m[key]:.3f}",
+                )
+            )
     for key, value in facts:
         console.print(f"{key:>26}: {value}")
 
@@ -218,22 +289,49 @@ def inspect(
 @app.command()
 @user_errors
 def prune(
-    model: Annotated[Path, typer.Argument(help="Trained checkpoint (gcnshrink .pt or a foreign ST-GCN/pyskl file).")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="Trained checkpoint (gcnshrink .pt or a foreign ST-GCN/pyskl file)."),
+    ],
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Pruned checkpoint to write.")],
-    method: Annotated[str, typer.Option(help="tcp, tcp-posthoc, mp, random or structured.")] = "tcp",
-    rate: Annotated[float, typer.Option(help="Fraction of in-scope weights to remove, in (0, 1).")] = 0.9,
+    method: Annotated[
+        str, typer.Option(help="tcp, tcp-posthoc, mp, random or structured.")
+    ] = "tcp",
+    rate: Annotated[
+        float, typer.Option(help="Fraction of in-scope weights to remove, in (0, 1).")
+    ] = 0.9,
     epochs: Annotated[int, typer.Option(help="Masked fine-tuning epochs.")] = 30,
     seed: SeedOpt = 0,
-    scope: Annotated[str, typer.Option(help="global (one budget) or layer (each tensor at the rate).")] = "global",
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob of tensor names to keep dense (repeatable).")] = None,
-    schedule: Annotated[str | None, typer.Option(help="mp only: oneshot or cubic (gradual over the first half).")] = None,
-    posthoc: Annotated[bool, typer.Option(help="tcp only: the post-hoc variant (consistent masks once, then fine-tune).")] = False,
+    scope: Annotated[
+        str, typer.Option(help="global (one budget) or layer (each tensor at the rate).")
+    ] = "global",
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob of tensor names to keep dense (repeatable).")
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="mp only: oneshot or cubic (gradual over the first half).")
+    ] = None,
+    posthoc: Annotated[
+        bool,
+        typer.Option(
+            help="tcp only: the post-hoc variant (consistent masks once, then fine-tune)."
+        ),
+    ] = False,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tune.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    allow_collapse: Annotated[bool, typer.Option(help="Let mp/random empty a whole layer instead of refusing.")] = False,
-    score: Annotated[str | None, typer.Option(help="mp/tcp: rank weights by 'magnitude' or 'lamp' (layer-adaptive; tcp's default).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
+    ] = None,
+    allow_collapse: Annotated[
+        bool, typer.Option(help="Let mp/random empty a whole layer instead of refusing.")
+    ] = False,
+    score: Annotated[
+        str | None,
+        typer.Option(
+            help="mp/tcp: rank weights by 'magnitude' or 'lamp' (layer-adaptive; tcp's default)."
+        ),
+    ] = None,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
     json_out: JsonOpt = False,
@@ -263,9 +361,21 @@ def prune(
     ckpt = load_model_file(model, arch, layout)
     dataset = load_spec(data, seed)
     outcome = api.prune(
-        ckpt, dataset, source_path=model, method=method, rate=rate, epochs=epochs, seed=seed, scope=scope,
-        exclude=tuple(exclude or ()), lr=lr, batch_size=batch_size, device=device,
-        progress=not json_out, allow_collapse=allow_collapse, **options,
+        ckpt,
+        dataset,
+        source_path=model,
+        method=method,
+        rate=rate,
+        epochs=epochs,
+        seed=seed,
+        scope=scope,
+        exclude=tuple(exclude or ()),
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        progress=not json_out,
+        allow_collapse=allow_collapse,
+        **options,
     )
     save_checkpoint(outcome.checkpoint, output, force=force)
     s = {**outcome.summary, "output": str(output)}
@@ -282,7 +392,11 @@ def prune(
 
 def calibration_inputs(ckpt, data: str | None, seed: int, count: int = 64):
     """Real inputs for compaction checks: the validation split of --data or of the training data."""
-    spec = data or (ckpt.provenance or {}).get("data") or ((ckpt.provenance or {}).get("source") or {}).get("data")
+    spec = (
+        data
+        or (ckpt.provenance or {}).get("data")
+        or ((ckpt.provenance or {}).get("source") or {}).get("data")
+    )
     if not spec:
         raise GcnshrinkError("compaction checks the logits on real inputs: pass --data")
     dataset = load_spec(spec, seed)
@@ -295,7 +409,14 @@ def calibration_inputs(ckpt, data: str | None, seed: int, count: int = 64):
 def compact(
     model: Annotated[Path, typer.Argument(help="Pruned checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Compacted checkpoint to write.")],
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data for the logit check (default: the data the model was trained on).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data for the logit check (default: the data the model was trained on).",
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
@@ -313,12 +434,19 @@ def compact(
     ckpt = load_model_file(model, arch, layout)
     calib, _ = calibration_inputs(ckpt, data, seed)
     result = compact_model(ckpt.build_model(), calib)
-    out = Checkpoint.from_model(result.model, ckpt.class_names, {**ckpt.provenance, "compacted_from": str(model)}, ckpt.pruning)
+    out = Checkpoint.from_model(
+        result.model,
+        ckpt.class_names,
+        {**ckpt.provenance, "compacted_from": str(model)},
+        ckpt.pruning,
+    )
     save_checkpoint(out, output, force=force)
     if json_out:
         print_json({**result.to_dict(), "output": str(output)})
     else:
-        console.print(f"compacted {model}: {result.params_before:,} -> {result.params_after:,} params, max relative logit change {result.relative_diff:.2e} -> {output}")
+        console.print(
+            f"compacted {model}: {result.params_before:,} -> {result.params_after:,} params, max relative logit change {result.relative_diff:.2e} -> {output}"
+        )
 
 
 @app.command()
@@ -326,12 +454,28 @@ def compact(
 def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint to export (compacted first).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write model.onnx (verified against PyTorch).")] = False,
-    safetensors: Annotated[bool, typer.Option("--safetensors", help="Write model.safetensors (dense).")] = False,
-    sparse: Annotated[bool, typer.Option("--sparse", help="Write model.sparse.safetensors (values + indices).")] = False,
+    onnx: Annotated[
+        bool, typer.Option("--onnx", help="Write model.onnx (verified against PyTorch).")
+    ] = False,
+    safetensors: Annotated[
+        bool, typer.Option("--safetensors", help="Write model.safetensors (dense).")
+    ] = False,
+    sparse: Annotated[
+        bool, typer.Option("--sparse", help="Write model.sparse.safetensors (values + indices).")
+    ] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store weights as float16.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (onnxruntime dynamic quantization).")] = False,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data for the parity checks (default: the model's training data).")] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write model.int8.onnx (onnxruntime dynamic quantization)."
+        ),
+    ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data for the parity checks (default: the model's training data)."
+        ),
+    ] = None,
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
@@ -348,12 +492,24 @@ def export(
         onnx = sparse = True
     ckpt = load_model_file(model, arch, layout)
     calib, dataset = calibration_inputs(ckpt, data, seed)
-    summary = export_model(ckpt, output, calibration=calib, onnx=onnx or int8, safetensors=safetensors, sparse=sparse, fp16=fp16, int8=int8, force=force)
+    summary = export_model(
+        ckpt,
+        output,
+        calibration=calib,
+        onnx=onnx or int8,
+        safetensors=safetensors,
+        sparse=sparse,
+        fp16=fp16,
+        int8=int8,
+        force=force,
+    )
     if json_out:
         print_json(summary)
     else:
         for item in summary["files"]:
-            console.print(f"wrote {item['path']} ({item['bytes']:,} bytes){'  ' + item['note'] if item.get('note') else ''}")
+            console.print(
+                f"wrote {item['path']} ({item['bytes']:,} bytes){'  ' + item['note'] if item.get('note') else ''}"
+            )
 
 
 # ---------------------------------------------------------------------------- sweep / report / gate
@@ -362,7 +518,9 @@ def export(
 def sweep(
     model: Annotated[Path, typer.Argument(help="Trained dense checkpoint.")],
     data: DataOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results.json and reports.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for results.json and reports.")
+    ],
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "mp,tcp",
     rates: Annotated[str, typer.Option(help="Comma-separated rates.")] = "0.5,0.9,0.95,0.99",
     epochs: Annotated[int, typer.Option(help="Fine-tune epochs per cell.")] = 30,
@@ -381,8 +539,13 @@ def sweep(
             raise GcnshrinkError(f"--{what} must be a comma-separated list, got {text!r}") from None
 
     paths = run_sweep(
-        model, data, output, methods=[m.strip() for m in methods.split(",") if m.strip()],
-        rates=numbers(rates, float, "rates"), epochs=epochs, seeds=numbers(seeds, int, "seeds"),
+        model,
+        data,
+        output,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        rates=numbers(rates, float, "rates"),
+        epochs=epochs,
+        seeds=numbers(seeds, int, "seeds"),
     )
     for name, path in paths.items():
         console.print(f"{name}: {path}")
@@ -391,8 +554,12 @@ def sweep(
 @app.command()
 @user_errors
 def report(
-    results: Annotated[list[Path], typer.Argument(help="results.json files or sweep folders (several to compare).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.md, report.html and plots.")],
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json files or sweep folders (several to compare).")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for report.md, report.html and plots.")
+    ],
     force: ForceOpt = False,
 ):
     """Re-render reports from one or more results.json.
@@ -409,18 +576,42 @@ def report(
 @app.command()
 @user_errors
 def gate(
-    model: Annotated[Path | None, typer.Argument(help="Model file (checkpoint, safetensors or ONNX); default: models in gcnshrink.toml / pyproject.toml.")] = None,
-    max_bytes: Annotated[str | None, typer.Option(help="Largest file size, e.g. 64KB, 1.5MB, 2MiB.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Model file (checkpoint, safetensors or ONNX); default: models in gcnshrink.toml / pyproject.toml."
+        ),
+    ] = None,
+    max_bytes: Annotated[
+        str | None, typer.Option(help="Largest file size, e.g. 64KB, 1.5MB, 2MiB.")
+    ] = None,
     max_params: Annotated[str | None, typer.Option(help="Most parameters, e.g. 50k.")] = None,
-    max_nonzero: Annotated[str | None, typer.Option(help="Most nonzero parameters, e.g. 20k.")] = None,
+    max_nonzero: Annotated[
+        str | None, typer.Option(help="Most nonzero parameters, e.g. 20k.")
+    ] = None,
     max_flops: Annotated[str | None, typer.Option(help="Most FLOPs per sample, e.g. 5M.")] = None,
-    max_latency_ms: Annotated[str | None, typer.Option(help="Slowest one-sample CPU latency, e.g. 2ms.")] = None,
-    min_accuracy: Annotated[str | None, typer.Option(help="Lowest test accuracy, e.g. 0.85 or 85%; needs --data.")] = None,
-    max_accuracy_drop: Annotated[str | None, typer.Option(help="Largest accuracy drop vs --baseline, e.g. 1pp or 0.01.")] = None,
-    baseline: Annotated[Path | None, typer.Option(help="results.json (its dense record) or a model file to compare with.")] = None,
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset spec for accuracy budgets.")] = None,
-    warn_only: Annotated[bool | None, typer.Option("--warn-only/--no-warn-only", help="Report but always exit 0.")] = None,
-    config_dir: Annotated[Path, typer.Option(help="Where to look for gcnshrink.toml / pyproject.toml.")] = Path("."),
+    max_latency_ms: Annotated[
+        str | None, typer.Option(help="Slowest one-sample CPU latency, e.g. 2ms.")
+    ] = None,
+    min_accuracy: Annotated[
+        str | None, typer.Option(help="Lowest test accuracy, e.g. 0.85 or 85%; needs --data.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        str | None, typer.Option(help="Largest accuracy drop vs --baseline, e.g. 1pp or 0.01.")
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="results.json (its dense record) or a model file to compare with."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", help="Dataset spec for accuracy budgets.")
+    ] = None,
+    warn_only: Annotated[
+        bool | None, typer.Option("--warn-only/--no-warn-only", help="Report but always exit 0.")
+    ] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Where to look for gcnshrink.toml / pyproject.toml.")
+    ] = Path("."),
     json_out: JsonOpt = False,
 ):
     """Check a model against size/accuracy budgets: exit 0 pass, 1 over budget, 2 bad input.
@@ -431,9 +622,15 @@ def gate(
     from gcnshrink.measure import measure_model
 
     overrides = gate_mod.budgets_from_options(
-        max_bytes=max_bytes, max_params=max_params, max_nonzero=max_nonzero, max_flops=max_flops,
-        max_latency_ms=max_latency_ms, min_accuracy=min_accuracy, max_accuracy_drop=max_accuracy_drop,
-        baseline=str(baseline) if baseline else None, warn_only=warn_only,
+        max_bytes=max_bytes,
+        max_params=max_params,
+        max_nonzero=max_nonzero,
+        max_flops=max_flops,
+        max_latency_ms=max_latency_ms,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        baseline=str(baseline) if baseline else None,
+        warn_only=warn_only,
     )
     config = gate_mod.load_config(config_dir)
     targets = gate_mod.resolve_targets(config, model, overrides, data)
@@ -441,13 +638,27 @@ def gate(
     for target in targets:
         budgets = target.budgets
         spec = target.data
-        dataset = load_spec(str(spec)) if spec and (budgets.min_accuracy is not None or budgets.max_accuracy_drop is not None) else None
-        metrics = measure_model(target.model, dataset, latency=budgets.max_latency_ms is not None, flops=budgets.max_flops is not None)
+        dataset = (
+            load_spec(str(spec))
+            if spec and (budgets.min_accuracy is not None or budgets.max_accuracy_drop is not None)
+            else None
+        )
+        metrics = measure_model(
+            target.model,
+            dataset,
+            latency=budgets.max_latency_ms is not None,
+            flops=budgets.max_flops is not None,
+        )
         base = None
         if budgets.baseline:
             bpath = Path(budgets.baseline)
             if bpath.suffix == ".json" or bpath.is_dir():
-                base = gate_mod.baseline_from_results(bpath, bytes_field="bytes_onnx" if Path(target.model).suffix == ".onnx" else "bytes_sparse")
+                base = gate_mod.baseline_from_results(
+                    bpath,
+                    bytes_field="bytes_onnx"
+                    if Path(target.model).suffix == ".onnx"
+                    else "bytes_sparse",
+                )
             else:
                 base = measure_model(bpath, dataset, flops=budgets.max_flops is not None)
         checks = gate_mod.evaluate(metrics, budgets, base, model=target.name)
@@ -465,7 +676,9 @@ def gate(
 @app.command()
 @user_errors
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path("demo-out"),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")
+    ] = Path("demo-out"),
     epochs: Annotated[int, typer.Option(help="Dense training epochs.")] = 150,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tune epochs per pruned model.")] = 20,
     rate: Annotated[float, typer.Option(help="Pruning rate of the demo.")] = 0.99,
@@ -477,7 +690,14 @@ def demo(
     """
     from gcnshrink.demo import run_demo
 
-    run_demo(output, epochs=epochs, finetune_epochs=finetune_epochs, rate=rate, force=force, console=console)
+    run_demo(
+        output,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        rate=rate,
+        force=force,
+        console=console,
+    )
 
 
 def main() -> None:

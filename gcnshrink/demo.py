@@ -22,7 +22,9 @@ from gcnshrink.train import TrainConfig
 DEMO_DATA = "synthetic:hands"
 
 
-def run_demo(out: Path, *, epochs: int, finetune_epochs: int, rate: float, force: bool, console: Console) -> dict:
+def run_demo(
+    out: Path, *, epochs: int, finetune_epochs: int, rate: float, force: bool, console: Console
+) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise GcnshrinkError(f"{out} is not empty; pass --force to reuse it")
@@ -32,15 +34,37 @@ def run_demo(out: Path, *, epochs: int, finetune_epochs: int, rate: float, force
     dense_path = out / "dense.pt"
     ckpt, summary = api.train(data, "gcn", config=TrainConfig(epochs=epochs))
     save_checkpoint(ckpt, dense_path, force=True)
-    console.print(f"    dense: {summary['params']:,} params, test accuracy {summary['accuracy']:.2%} -> {dense_path}")
+    console.print(
+        f"    dense: {summary['params']:,} params, test accuracy {summary['accuracy']:.2%} -> {dense_path}"
+    )
 
-    console.print(f"[bold]2/4 prune[/] tcp and mp at rate {rate:g} ({finetune_epochs} fine-tune epochs each), measured")
+    console.print(
+        f"[bold]2/4 prune[/] tcp and mp at rate {rate:g} ({finetune_epochs} fine-tune epochs each), measured"
+    )
     sweep_dir = out / "sweep"
-    paths = run_sweep(dense_path, DEMO_DATA, sweep_dir, methods=["mp", "tcp"], rates=[rate], epochs=finetune_epochs, seeds=[0])
+    paths = run_sweep(
+        dense_path,
+        DEMO_DATA,
+        sweep_dir,
+        methods=["mp", "tcp"],
+        rates=[rate],
+        epochs=finetune_epochs,
+        seeds=[0],
+    )
 
     tcp_path = sweep_dir / "cells" / f"tcp-r{rate:g}-s0.pt"
-    console.print(f"[bold]3/4 export[/] {tcp_path} (compacted, sparse safetensors + ONNX checked by onnxruntime)")
-    export = export_model(load_checkpoint(tcp_path), out / "export", calibration=data.x_val[:64], onnx=True, sparse=True, safetensors=False, force=True)
+    console.print(
+        f"[bold]3/4 export[/] {tcp_path} (compacted, sparse safetensors + ONNX checked by onnxruntime)"
+    )
+    export = export_model(
+        load_checkpoint(tcp_path),
+        out / "export",
+        calibration=data.x_val[:64],
+        onnx=True,
+        sparse=True,
+        safetensors=False,
+        force=True,
+    )
     for item in export["files"]:
         console.print(f"    {item['path']}: {item['bytes']:,} bytes  {item.get('note', '')}")
 
@@ -49,7 +73,9 @@ def run_demo(out: Path, *, epochs: int, finetune_epochs: int, rate: float, force
 
     results = json.loads(Path(paths["results"]).read_text())
     dense = results["dense"]
-    console.print(f"    dense: accuracy {dense['accuracy']:.2%}, {dense['nonzero']:,} nonzero, {dense['bytes_sparse']:,} sparse bytes")
+    console.print(
+        f"    dense: accuracy {dense['accuracy']:.2%}, {dense['nonzero']:,} nonzero, {dense['bytes_sparse']:,} sparse bytes"
+    )
     for rec in results["records"]:
         console.print(
             f"    {rec['method']:>4} @ {rec['rate']:g}: accuracy {rec['accuracy']:.2%}, {rec['nonzero']:,} nonzero, "

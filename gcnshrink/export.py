@@ -80,21 +80,35 @@ def export_model(
     metadata = checkpoint_metadata(compacted)
     state = exportable_state(model.state_dict())
     dtype = torch.float16 if fp16 else None
-    summary: dict = {"compaction": {k: v for k, v in result.to_dict().items() if k != "spaces"}, "files": []}
+    summary: dict = {
+        "compaction": {k: v for k, v in result.to_dict().items() if k != "spaces"},
+        "files": [],
+    }
 
-    for path, is_sparse in ((out_dir / "model.safetensors", False), (out_dir / "model.sparse.safetensors", True)):
+    for path, is_sparse in (
+        (out_dir / "model.safetensors", False),
+        (out_dir / "model.sparse.safetensors", True),
+    ):
         if path not in planned:
             continue
         info = save_tensors(path, state, metadata, sparse=is_sparse, dtype=dtype, force=force)
         decoded, _ = load_tensors(path)
         for name, tensor in state.items():
-            expected = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            expected = (
+                tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            )
             if not torch.equal(decoded[name], expected):
                 raise GcnshrinkError(f"{path}: {name} does not decode to what was written")
-        entry = {"path": str(path), "bytes": path.stat().st_size, "kind": "sparse safetensors" if is_sparse else "safetensors"}
+        entry = {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "kind": "sparse safetensors" if is_sparse else "safetensors",
+        }
         if is_sparse:
             entry["bytes_bound"] = info["bytes_bound"]
-            entry["note"] = f"bound {info['bytes_bound']:,} B (values + cheaper index encoding); ratio {info['bound_ratio']:.3f}"
+            entry["note"] = (
+                f"bound {info['bytes_bound']:,} B (values + cheaper index encoding); ratio {info['bound_ratio']:.3f}"
+            )
         summary["files"].append(entry)
 
     if onnx:
@@ -104,10 +118,25 @@ def export_model(
             scale = float(model(calibration).abs().max())
         atol = PARITY_ATOL if not fp16 else 1e-2 * max(1.0, scale)
         diff = check_parity(model, path, calibration, atol=atol)
-        summary["files"].append({"path": str(path), "bytes": path.stat().st_size, "kind": "onnx", "max_abs_diff": diff, "note": f"max |onnx - torch| = {diff:.2e}"})
+        summary["files"].append(
+            {
+                "path": str(path),
+                "bytes": path.stat().st_size,
+                "kind": "onnx",
+                "max_abs_diff": diff,
+                "note": f"max |onnx - torch| = {diff:.2e}",
+            }
+        )
         if int8:
             qpath = out_dir / "model.int8.onnx"
             quantize_int8(path, qpath, force=force)
-            summary["files"].append({"path": str(qpath), "bytes": qpath.stat().st_size, "kind": "onnx int8", "note": "check its accuracy with gcnshrink eval"})
+            summary["files"].append(
+                {
+                    "path": str(qpath),
+                    "bytes": qpath.stat().st_size,
+                    "kind": "onnx int8",
+                    "note": "check its accuracy with gcnshrink eval",
+                }
+            )
     (out_dir / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -114,12 +114,23 @@ def onnx_counts(path: Path) -> dict:
     return {"params": params, "nonzero": nonzero, "metadata": meta}
 
 
-def measure_model(path: str | Path, data=None, *, latency: bool = False, flops: bool = True, load_options: dict | None = None) -> dict:
+def measure_model(
+    path: str | Path,
+    data=None,
+    *,
+    latency: bool = False,
+    flops: bool = True,
+    load_options: dict | None = None,
+) -> dict:
     """Everything gcnshrink can say about one model file. ``data`` adds test accuracy."""
     path = Path(path)
     if not path.is_file():
         raise GcnshrinkError(f"{path}: no such file")
-    out: dict = {"path": str(path), "format": path.suffix.lstrip(".") or "pt", "bytes": path.stat().st_size}
+    out: dict = {
+        "path": str(path),
+        "format": path.suffix.lstrip(".") or "pt",
+        "bytes": path.stat().st_size,
+    }
     if path.suffix == ".onnx":
         counts = onnx_counts(path)
         meta = counts.pop("metadata")

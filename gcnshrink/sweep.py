@@ -118,8 +118,15 @@ def run_sweep(
         task = bar.add_task("sweep", total=len(grid) + 1, cell="dense")
         dense_file = cells_dir / "dense.json"
         if not dense_file.exists():
-            dense = {"method": "dense", "rate": 0.0, "realized_rate": 0.0, **measure_deployable(ckpt.build_model(), data, calibration, Path(tmp))}
-            atomic_write(dense_file, lambda p: Path(p).write_text(json.dumps(dense, indent=2)), force=True)
+            dense = {
+                "method": "dense",
+                "rate": 0.0,
+                "realized_rate": 0.0,
+                **measure_deployable(ckpt.build_model(), data, calibration, Path(tmp)),
+            }
+            atomic_write(
+                dense_file, lambda p: Path(p).write_text(json.dumps(dense, indent=2)), force=True
+            )
         bar.advance(task)
         for method, rate, seed in grid:
             name = cell_name(method, rate, seed)
@@ -130,8 +137,15 @@ def run_sweep(
                 continue
             started = time.perf_counter()
             outcome = api.prune(
-                ckpt, data, method=method, rate=rate, epochs=epochs, seed=seed, progress=False,
-                allow_collapse=True, **(method_options or {}).get(method, {}),
+                ckpt,
+                data,
+                method=method,
+                rate=rate,
+                epochs=epochs,
+                seed=seed,
+                progress=False,
+                allow_collapse=True,
+                **(method_options or {}).get(method, {}),
             )
             save_checkpoint(outcome.checkpoint, cells_dir / f"{name}.pt", force=True)
             record = {
@@ -143,11 +157,23 @@ def run_sweep(
                 "inconsistent_connections": outcome.summary["inconsistent_connections"],
                 "dead_units": outcome.summary["dead_units"],
                 **measure_deployable(outcome.model, data, calibration, Path(tmp)),
-                "provenance": provenance(seed=seed, data=data_spec, source_sha256=source_hash, epochs=epochs, seconds=time.perf_counter() - started),
+                "provenance": provenance(
+                    seed=seed,
+                    data=data_spec,
+                    source_sha256=source_hash,
+                    epochs=epochs,
+                    seconds=time.perf_counter() - started,
+                ),
             }
-            atomic_write(cell_file, lambda p, rec=record: Path(p).write_text(json.dumps(rec, indent=2)), force=True)
+            atomic_write(
+                cell_file,
+                lambda p, rec=record: Path(p).write_text(json.dumps(rec, indent=2)),
+                force=True,
+            )
             bar.advance(task)
-    records = [json.loads((cells_dir / f"{cell_name(m, r, s)}.json").read_text()) for m, r, s in grid]
+    records = [
+        json.loads((cells_dir / f"{cell_name(m, r, s)}.json").read_text()) for m, r, s in grid
+    ]
     results = {
         "format": FORMAT,
         "model": str(model_path),
@@ -156,7 +182,10 @@ def run_sweep(
         "records": records,
     }
     results_path = out_dir / "results.json"
-    atomic_write(results_path, lambda p: Path(p).write_text(json.dumps(results, indent=2, default=str)), force=True)
+    atomic_write(
+        results_path,
+        lambda p: Path(p).write_text(json.dumps(results, indent=2, default=str)),
+        force=True,
+    )
     written = write_reports(load_results([results_path]), out_dir, force=True)
     return {"results": results_path, **written}
-

@@ -38,7 +38,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     """Logits for all of x, in eval mode, on the model's device; returned on the CPU."""
     model.eval()
     device = next(model.parameters()).device
-    outs = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    outs = [
+        model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -46,7 +48,9 @@ def accuracy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     """Top-1 accuracy and mean per-class accuracy (classes absent from y are skipped)."""
     pred = logits.argmax(dim=1)
     correct = pred == y
-    per_class = [correct[y == k].float().mean().item() for k in range(num_classes) if (y == k).any()]
+    per_class = [
+        correct[y == k].float().mean().item() for k in range(num_classes) if (y == k).any()
+    ]
     return {
         "accuracy": correct.float().mean().item() if len(y) else 0.0,
         "mean_class_accuracy": sum(per_class) / len(per_class) if per_class else 0.0,
@@ -65,7 +69,9 @@ class FineTuneHooks:
     extra_loss: Callable[[], torch.Tensor | None] | None = None
     on_step: Callable[[float], None] | None = None  # called with training progress in [0, 1]
     deliverable: Callable[[nn.Module], nn.Module] | None = None  # current state -> model to ship
-    selectable: Callable[[], bool] | None = None  # may this state be selected (masks meet the rate)?
+    selectable: Callable[[], bool] | None = (
+        None  # may this state be selected (masks meet the rate)?
+    )
     status: Callable[[], str] | None = None  # e.g. current sparsity, for the progress bar
 
 
@@ -90,7 +96,13 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(model: nn.Module, data: SkeletonData, config: TrainConfig, hooks: FineTuneHooks | None = None, description: str = "train") -> FitResult:
+def fit(
+    model: nn.Module,
+    data: SkeletonData,
+    config: TrainConfig,
+    hooks: FineTuneHooks | None = None,
+    description: str = "train",
+) -> FitResult:
     """Train ``model`` on data.train; keep the deliverable that is best on data.val."""
     hooks = hooks or FineTuneHooks()
     seed_everything(config.seed)
@@ -146,11 +158,17 @@ def fit(model: nn.Module, data: SkeletonData, config: TrainConfig, hooks: FineTu
                     best = (val["accuracy"], epoch + 1, copy.deepcopy(candidate).cpu())
             history.append(record)
             shown = "-" if record["val_accuracy"] is None else f"{record['val_accuracy']:.1%}"
-            info = f"loss {record['loss']:.3f}  val {shown}  best {best[0]:.1%}" if best else f"loss {record['loss']:.3f}"
+            info = (
+                f"loss {record['loss']:.3f}  val {shown}  best {best[0]:.1%}"
+                if best
+                else f"loss {record['loss']:.3f}"
+            )
             if hooks.status:
                 info += "  " + hooks.status()
             progress.update(task, advance=1, info=info)
-    if best is None:  # no epoch met the rate (a schedule longer than the fine-tune): ship the end state
+    if (
+        best is None
+    ):  # no epoch met the rate (a schedule longer than the fine-tune): ship the end state
         final = deliver(model)
         val = evaluate(final, data.x_val, data.y_val, data.num_classes)
         best = (val["accuracy"], config.epochs, copy.deepcopy(final).cpu())

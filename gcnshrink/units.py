@@ -167,7 +167,9 @@ class UnitGraph:
     def width(self, space: str) -> int:
         return self.space_by_name[space].width
 
-    def entry_units(self, binding: TensorBinding, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    def entry_units(
+        self, binding: TensorBinding, shape: torch.Size
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(source unit, target unit) of every entry of a prunable tensor, flattened row-major."""
         cached = self._entry_cache.get(binding.name)
         if cached is not None and cached[0].numel() == shape.numel():
@@ -209,7 +211,9 @@ class UnitGraph:
         not in any group: they follow their source.
         """
         derived = self.derived_spaces()
-        parent = {s.name: s.name for s in self.spaces if s.role == "hidden" and s.name not in derived}
+        parent = {
+            s.name: s.name for s in self.spaces if s.role == "hidden" and s.name not in derived
+        }
 
         def find(x: str) -> str:
             while parent[x] != x:
@@ -295,7 +299,9 @@ class UnitGraph:
             # push this space's co-accessibility back to its sources (all sources come earlier)
             here = reach[space.name]
             for edge in self._incoming(space.name):
-                src = reach.setdefault(edge.source, torch.zeros(self.width(edge.source), dtype=torch.bool))
+                src = reach.setdefault(
+                    edge.source, torch.zeros(self.width(edge.source), dtype=torch.bool)
+                )
                 if isinstance(edge, Link):
                     useful = here[edge.target_units]
                     if edge.kind == "steer":

@@ -11,8 +11,15 @@ def test_gcn_flops_count_attention_and_aggregation_exactly():
     layout = get_layout("hand21")
     nodes, c, t, chunks, k, f, hidden, classes = 21, 3, 8, 4, 2, 3, 5, 4
     model = create_model(
-        "gcn", num_classes=classes, layout=layout, chunks=chunks, num_blocks=1, heads=1,
-        head_width=f, key_width=k, hidden=hidden,
+        "gcn",
+        num_classes=classes,
+        layout=layout,
+        chunks=chunks,
+        num_blocks=1,
+        heads=1,
+        head_width=f,
+        key_width=k,
+        hidden=hidden,
     )
     d_in = c * chunks
     expected = (

@@ -17,7 +17,15 @@ from gcnshrink.pruning.base import global_budget, latent_weight
 
 def gcn(seed=0):
     torch.manual_seed(seed)
-    return create_model("gcn", num_classes=5, layout=get_layout("hand21"), heads=2, head_width=8, key_width=4, hidden=16)
+    return create_model(
+        "gcn",
+        num_classes=5,
+        layout=get_layout("hand21"),
+        heads=2,
+        head_width=8,
+        key_width=4,
+        hidden=16,
+    )
 
 
 def stgcn(seed=0):
@@ -85,7 +93,9 @@ def test_cubic_schedule_reaches_rate_only_at_the_end_of_the_ramp():
     m = attach(model, "mp", 0.9, schedule="cubic", ramp=0.5, allow_collapse=True)
     assert not m.selectable()
     m.on_step(0.1)
-    partial = 1 - sum(float(p.mask.sum()) for p in m.parametrizations.values()) / sum(p.mask.numel() for p in m.parametrizations.values())
+    partial = 1 - sum(float(p.mask.sum()) for p in m.parametrizations.values()) / sum(
+        p.mask.numel() for p in m.parametrizations.values()
+    )
     assert 0.0 < partial < 0.9
     m.on_step(0.5)
     assert m.selectable()

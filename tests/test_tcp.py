@@ -13,7 +13,15 @@ from gcnshrink.units import masks_from_weights
 
 def gcn(seed=0):
     torch.manual_seed(seed)
-    return create_model("gcn", num_classes=6, layout=get_layout("hand21"), heads=2, head_width=8, key_width=4, hidden=16)
+    return create_model(
+        "gcn",
+        num_classes=6,
+        layout=get_layout("hand21"),
+        heads=2,
+        head_width=8,
+        key_width=4,
+        hidden=16,
+    )
 
 
 def stgcn(seed=0):
@@ -87,7 +95,9 @@ def test_tcp_deliverable_is_consistent_at_rate(build, rate):
     for b in g.prunable:
         src, dst = g.entry_units(b, named[b.name].shape)
         kept_entries = named[b.name].reshape(-1) != 0
-        assert bool(acc[b.source][src[kept_entries]].all()) and bool(coacc[b.target][dst[kept_entries]].all())
+        assert bool(acc[b.source][src[kept_entries]].all()) and bool(
+            coacc[b.target][dst[kept_entries]].all()
+        )
 
 
 def test_gradients_flow_through_the_reparametrization():
@@ -151,5 +161,8 @@ def test_projection_is_exact_across_seeds_and_scores(seed, score):
         for rate in (0.98, 0.995, 0.999):
             masks = consistent_budget_masks(g, scores, PruneSpec(rate))
             sizes = {n: s.numel() for n, s in scores.items()}
-            assert sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, rate), (build.__name__, rate)
+            assert sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, rate), (
+                build.__name__,
+                rate,
+            )
             assert g.topology_summary(masks)["inconsistent_connections"] == 0

@@ -11,12 +11,27 @@ from gcnshrink.units import AxisMap, Link, TensorBinding, UnitGraph, UnitSpace, 
 
 
 def linear(name, source, s_w, target, t_w):
-    return TensorBinding(name, {0: AxisMap.direct(target, t_w), 1: AxisMap.direct(source, s_w)}, prunable=True, source_axis=1, target_axis=0)
+    return TensorBinding(
+        name,
+        {0: AxisMap.direct(target, t_w), 1: AxisMap.direct(source, s_w)},
+        prunable=True,
+        source_axis=1,
+        target_axis=0,
+    )
 
 
 def toy_graph():
-    spaces = [UnitSpace("in", 2, "input"), UnitSpace("h1", 3), UnitSpace("h2", 2), UnitSpace("out", 1, "output")]
-    bindings = [linear("w1", "in", 2, "h1", 3), linear("w2", "h1", 3, "h2", 2), linear("w3", "h2", 2, "out", 1)]
+    spaces = [
+        UnitSpace("in", 2, "input"),
+        UnitSpace("h1", 3),
+        UnitSpace("h2", 2),
+        UnitSpace("out", 1, "output"),
+    ]
+    bindings = [
+        linear("w1", "in", 2, "h1", 3),
+        linear("w2", "h1", 3, "h2", 2),
+        linear("w3", "h2", 2, "out", 1),
+    ]
     return UnitGraph(spaces, bindings)
 
 
@@ -47,17 +62,38 @@ def test_toy_chain_known_answers():
 
 
 def test_identity_link_carries_accessibility():
-    spaces = [UnitSpace("in", 2, "input"), UnitSpace("a", 2), UnitSpace("b", 2), UnitSpace("out", 1, "output")]
-    bindings = [linear("w1", "in", 2, "a", 2), linear("w2", "a", 2, "b", 2), linear("w3", "b", 2, "out", 1)]
+    spaces = [
+        UnitSpace("in", 2, "input"),
+        UnitSpace("a", 2),
+        UnitSpace("b", 2),
+        UnitSpace("out", 1, "output"),
+    ]
+    bindings = [
+        linear("w1", "in", 2, "a", 2),
+        linear("w2", "a", 2, "b", 2),
+        linear("w3", "b", 2, "out", 1),
+    ]
     g = UnitGraph(spaces, bindings, [Link.identity("a", "b", 2)])
-    masks = {"w1": torch.ones(2, 2, dtype=torch.bool), "w2": torch.zeros(2, 2, dtype=torch.bool), "w3": torch.ones(1, 2, dtype=torch.bool)}
+    masks = {
+        "w1": torch.ones(2, 2, dtype=torch.bool),
+        "w2": torch.zeros(2, 2, dtype=torch.bool),
+        "w3": torch.ones(1, 2, dtype=torch.bool),
+    }
     assert g.accessible(masks)["b"].all()  # through the residual alone
     assert g.topology_summary(masks)["inconsistent_connections"] == 0
 
 
 def small_gcn(layout="hand21"):
     torch.manual_seed(0)
-    return create_model("gcn", num_classes=5, layout=get_layout(layout), heads=2, head_width=4, key_width=3, hidden=8)
+    return create_model(
+        "gcn",
+        num_classes=5,
+        layout=get_layout(layout),
+        heads=2,
+        head_width=4,
+        key_width=3,
+        hidden=8,
+    )
 
 
 def small_stgcn():
@@ -83,7 +119,9 @@ def test_gcn_cut_fc_makes_everything_inconsistent():
     with torch.no_grad():
         model.fc.weight.zero_()
     g, summary = topology(model)
-    prunable_nonzero = sum(int((dict(model.named_parameters())[b.name] != 0).sum()) for b in g.prunable)
+    prunable_nonzero = sum(
+        int((dict(model.named_parameters())[b.name] != 0).sum()) for b in g.prunable
+    )
     # blocks lead nowhere (no kept fc weight), the classifier reads units nothing reaches
     assert summary["inconsistent_connections"] == prunable_nonzero
 

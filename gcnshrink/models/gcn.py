@@ -51,7 +51,14 @@ def node_adjacency(layout: Layout) -> torch.Tensor:
 class AttentionGraphBlock(nn.Module):
     """Multi-head attention + shared graph convolution; heads may have different widths."""
 
-    def __init__(self, in_width: int, value_widths: list[int], key_widths: list[int], mix: float, scale: float):
+    def __init__(
+        self,
+        in_width: int,
+        value_widths: list[int],
+        key_widths: list[int],
+        mix: float,
+        scale: float,
+    ):
         super().__init__()
         self.value_widths = list(value_widths)
         self.key_widths = list(key_widths)
@@ -100,7 +107,10 @@ class AttentionGCN(SkeletonModel):
             cfg["layout"] = cfg["layout"].to_dict()
         if "blocks" not in cfg:
             cfg["blocks"] = [
-                {"value_widths": [cfg["head_width"]] * cfg["heads"], "key_widths": [cfg["key_width"]] * cfg["heads"]}
+                {
+                    "value_widths": [cfg["head_width"]] * cfg["heads"],
+                    "key_widths": [cfg["key_width"]] * cfg["heads"],
+                }
                 for _ in range(cfg["num_blocks"])
             ]
         # the attention temperature stays what it was at training time, even after compaction
@@ -117,7 +127,13 @@ class AttentionGCN(SkeletonModel):
         self.blocks = nn.ModuleList()
         for spec in config["blocks"]:
             self.blocks.append(
-                AttentionGraphBlock(in_width, spec["value_widths"], spec["key_widths"], config["mix"], config["attention_scale"])
+                AttentionGraphBlock(
+                    in_width,
+                    spec["value_widths"],
+                    spec["key_widths"],
+                    config["mix"],
+                    config["attention_scale"],
+                )
             )
             in_width = sum(spec["value_widths"])
         self.fc = nn.Linear(self.nodes * in_width, config["hidden"])
@@ -174,7 +190,11 @@ class AttentionGCN(SkeletonModel):
         for b, spec in enumerate(cfg["blocks"]):
             qk_w, out_w = sum(spec["key_widths"]), sum(spec["value_widths"])
             q_space, k_space, out_space = f"block{b}.query", f"block{b}.key", f"block{b}.out"
-            spaces += [UnitSpace(q_space, qk_w), UnitSpace(k_space, qk_w), UnitSpace(out_space, out_w)]
+            spaces += [
+                UnitSpace(q_space, qk_w),
+                UnitSpace(k_space, qk_w),
+                UnitSpace(out_space, out_w),
+            ]
             linear(f"blocks.{b}.query", prev, prev_width, q_space, qk_w)
             linear(f"blocks.{b}.key", prev, prev_width, k_space, qk_w)
             linear(f"blocks.{b}.value", prev, prev_width, out_space, out_w)

@@ -31,7 +31,9 @@ class SkeletonModel(nn.Module):
 
     def example_input(self, batch: int = 2, frames: int = 32) -> torch.Tensor:
         c = self.config
-        return torch.randn(batch, c["in_channels"], frames, c["layout"]["num_joints"], c["layout"]["persons"])
+        return torch.randn(
+            batch, c["in_channels"], frames, c["layout"]["num_joints"], c["layout"]["persons"]
+        )
 
     def compacted_config(self, kept: dict[str, torch.Tensor]) -> dict:  # pragma: no cover
         """The config of this model after keeping only ``kept[space]`` units of each space."""

@@ -23,7 +23,13 @@ TEMPORAL_KERNEL = 9
 
 def default_blocks(in_channels: int, base: int) -> list[dict]:
     """The 10 ST-GCN blocks: base, base×3, 2·base (stride 2), 2·base×2, 4·base (stride 2), 4·base×2."""
-    plan = [(base, 1)] * 4 + [(2 * base, 2)] + [(2 * base, 1)] * 2 + [(4 * base, 2)] + [(4 * base, 1)] * 2
+    plan = (
+        [(base, 1)] * 4
+        + [(2 * base, 2)]
+        + [(2 * base, 1)] * 2
+        + [(4 * base, 2)]
+        + [(4 * base, 1)] * 2
+    )
     blocks, prev = [], in_channels
     for i, (width, stride) in enumerate(plan):
         if i == 0:
@@ -32,7 +38,9 @@ def default_blocks(in_channels: int, base: int) -> list[dict]:
             residual = "identity"
         else:
             residual = "conv"
-        blocks.append({"in": prev, "mid": width, "out": width, "stride": stride, "residual": residual})
+        blocks.append(
+            {"in": prev, "mid": width, "out": width, "stride": stride, "residual": residual}
+        )
         prev = width
     return blocks
 
@@ -85,7 +93,14 @@ class STGCN(SkeletonModel):
 
     @staticmethod
     def complete_config(config: dict) -> dict:
-        cfg = {"in_channels": 3, "base_width": 64, "dropout": 0.5, "data_bn": "VC", "edge_importance": True, **config}
+        cfg = {
+            "in_channels": 3,
+            "base_width": 64,
+            "dropout": 0.5,
+            "data_bn": "VC",
+            "edge_importance": True,
+            **config,
+        }
         if "num_classes" not in cfg or "layout" not in cfg:
             raise ValueError("stgcn needs num_classes and layout")
         if isinstance(cfg["layout"], Layout):
@@ -103,10 +118,13 @@ class STGCN(SkeletonModel):
         self.bn_persons = m if config["data_bn"] == "MVC" else 1
         self.data_bn = nn.BatchNorm1d(self.bn_persons * v * c)
         self.st_gcn_networks = nn.ModuleList(
-            STGCNBlock(spec, k, 0.0 if i == 0 else config["dropout"]) for i, spec in enumerate(config["blocks"])
+            STGCNBlock(spec, k, 0.0 if i == 0 else config["dropout"])
+            for i, spec in enumerate(config["blocks"])
         )
         if config["edge_importance"]:
-            self.edge_importance = nn.ParameterList(nn.Parameter(torch.ones(k, v, v)) for _ in config["blocks"])
+            self.edge_importance = nn.ParameterList(
+                nn.Parameter(torch.ones(k, v, v)) for _ in config["blocks"]
+            )
         else:
             self.edge_importance = [1.0] * len(config["blocks"])
         self.fcn = nn.Conv2d(config["blocks"][-1]["out"], config["num_classes"], kernel_size=1)
@@ -136,7 +154,9 @@ class STGCN(SkeletonModel):
             for p in ("weight", "bias", "running_mean", "running_var"):
                 bindings.append(TensorBinding(f"{prefix}.{p}", {0: AxisMap.direct(space, width)}))
 
-        def conv(name: str, source: str, source_map: AxisMap, target_map: AxisMap, folds: bool) -> None:
+        def conv(
+            name: str, source: str, source_map: AxisMap, target_map: AxisMap, folds: bool
+        ) -> None:
             bindings.append(
                 TensorBinding(
                     f"{name}.weight",
@@ -155,13 +175,31 @@ class STGCN(SkeletonModel):
             pre = f"st_gcn_networks.{i}"
             gcn_space, out_space = f"block{i}.gcn", f"block{i}.out"
             spaces += [UnitSpace(gcn_space, spec["mid"]), UnitSpace(out_space, spec["out"])]
-            conv(f"{pre}.gcn.conv", prev, AxisMap.direct(prev, prev_w), AxisMap.interleaved(gcn_space, spec["mid"], k), True)
+            conv(
+                f"{pre}.gcn.conv",
+                prev,
+                AxisMap.direct(prev, prev_w),
+                AxisMap.interleaved(gcn_space, spec["mid"], k),
+                True,
+            )
             norm(f"{pre}.tcn.0", gcn_space, spec["mid"])
             # zero padding in time: a constant input does not reach border frames through all taps
-            conv(f"{pre}.tcn.2", gcn_space, AxisMap.direct(gcn_space, spec["mid"]), AxisMap.direct(out_space, spec["out"]), False)
+            conv(
+                f"{pre}.tcn.2",
+                gcn_space,
+                AxisMap.direct(gcn_space, spec["mid"]),
+                AxisMap.direct(out_space, spec["out"]),
+                False,
+            )
             norm(f"{pre}.tcn.3", out_space, spec["out"])
             if spec["residual"] == "conv":
-                conv(f"{pre}.residual.0", prev, AxisMap.direct(prev, prev_w), AxisMap.direct(out_space, spec["out"]), True)
+                conv(
+                    f"{pre}.residual.0",
+                    prev,
+                    AxisMap.direct(prev, prev_w),
+                    AxisMap.direct(out_space, spec["out"]),
+                    True,
+                )
                 norm(f"{pre}.residual.1", out_space, spec["out"])
             elif spec["residual"] == "identity":
                 links.append(Link.identity(prev, out_space, spec["out"]))
@@ -169,7 +207,13 @@ class STGCN(SkeletonModel):
             probes[out_space] = ActivationProbe(pre, 1)
             prev, prev_w = out_space, spec["out"]
         spaces.append(UnitSpace("classes", cfg["num_classes"], "output"))
-        conv("fcn", prev, AxisMap.direct(prev, prev_w), AxisMap.direct("classes", cfg["num_classes"]), True)
+        conv(
+            "fcn",
+            prev,
+            AxisMap.direct(prev, prev_w),
+            AxisMap.direct("classes", cfg["num_classes"]),
+            True,
+        )
         return UnitGraph(spaces, bindings, links, probes)
 
     def compacted_config(self, kept: dict[str, torch.Tensor]) -> dict:

@@ -29,8 +29,17 @@ def make_method(name: str, spec: PruneSpec, seed: int = 0, **options) -> Pruning
     try:
         cls = METHODS[name]
     except KeyError:
-        raise GcnshrinkError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
+        raise GcnshrinkError(
+            f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
+        ) from None
     return cls(spec, seed=seed, **options)
 
 
-__all__ = ["METHODS", "PruneSpec", "PruningMethod", "make_method", "realized_rate", "register_method"]
+__all__ = [
+    "METHODS",
+    "PruneSpec",
+    "PruningMethod",
+    "make_method",
+    "realized_rate",
+    "register_method",
+]

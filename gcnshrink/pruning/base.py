@@ -37,11 +37,19 @@ class PruneSpec:
     rate: float
     scope: str = "global"
     exclude: tuple[str, ...] = ()
-    allow_collapse: bool = False  # let magnitude methods empty a layer (benchmarks show MP collapsing)
+    allow_collapse: bool = (
+        False  # let magnitude methods empty a layer (benchmarks show MP collapsing)
+    )
 
     def validate(self) -> None:
-        if not isinstance(self.rate, (int, float)) or math.isnan(self.rate) or not 0.0 < self.rate < 1.0:
-            raise GcnshrinkError(f"--rate must be a number strictly between 0 and 1, got {self.rate}")
+        if (
+            not isinstance(self.rate, (int, float))
+            or math.isnan(self.rate)
+            or not 0.0 < self.rate < 1.0
+        ):
+            raise GcnshrinkError(
+                f"--rate must be a number strictly between 0 and 1, got {self.rate}"
+            )
         if self.scope not in ("global", "layer"):
             raise GcnshrinkError(f"--scope must be 'global' or 'layer', got {self.scope!r}")
 
@@ -70,7 +78,9 @@ def latent_weight(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, attr)
 
 
-def plain_state_dict(model: nn.Module, replace: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def plain_state_dict(
+    model: nn.Module, replace: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The model's state dict with parametrization wrappers folded back to plain names."""
     replace = replace or {}
     state = {}
@@ -165,7 +175,11 @@ class PruningMethod:
 
     # ---------------------------------------------------------------- set-up
     def select_targets(self, graph: UnitGraph) -> list[TensorBinding]:
-        targets = [b for b in graph.prunable if not any(fnmatch.fnmatch(b.name, pat) for pat in self.spec.exclude)]
+        targets = [
+            b
+            for b in graph.prunable
+            if not any(fnmatch.fnmatch(b.name, pat) for pat in self.spec.exclude)
+        ]
         if not targets:
             raise GcnshrinkError("--exclude leaves no prunable tensor in scope")
         return targets
@@ -241,7 +255,10 @@ class PruningMethod:
         """A plain zoo model: latent weights times the final hard masks, no parametrizations."""
         masks = self.final_masks() if masks is None else masks
         # torch.where, not a product: a pruned weight must be +0.0, never -0.0 (sparse files keep bits)
-        baked = {name: torch.where(masks[name].to(w.device), w.detach(), torch.zeros_like(w)) for name, w in self.latent().items()}
+        baked = {
+            name: torch.where(masks[name].to(w.device), w.detach(), torch.zeros_like(w))
+            for name, w in self.latent().items()
+        }
         state = plain_state_dict(self.model, baked)
         fresh = create_model(self.model.arch, **self.model.config)
         fresh.load_state_dict(state)

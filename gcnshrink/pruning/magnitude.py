@@ -27,9 +27,25 @@ def cubic_rate(final_rate: float, progress: float, ramp: float) -> float:
 class MagnitudePruning(PruningMethod):
     name = "mp"
 
-    def __init__(self, spec: PruneSpec, seed: int = 0, schedule: str = "oneshot", ramp: float = 0.5, updates: int = 20, score: str = "magnitude", **options):
+    def __init__(
+        self,
+        spec: PruneSpec,
+        seed: int = 0,
+        schedule: str = "oneshot",
+        ramp: float = 0.5,
+        updates: int = 20,
+        score: str = "magnitude",
+        **options,
+    ):
         check_score(score)
-        super().__init__(spec, seed, schedule=schedule, ramp=ramp if schedule == "cubic" else None, score=score, **options)
+        super().__init__(
+            spec,
+            seed,
+            schedule=schedule,
+            ramp=ramp if schedule == "cubic" else None,
+            score=score,
+            **options,
+        )
         self.score = score
         if schedule not in ("oneshot", "cubic"):
             raise GcnshrinkError(f"--schedule must be 'oneshot' or 'cubic', got {schedule!r}")
@@ -49,7 +65,11 @@ class MagnitudePruning(PruningMethod):
     def _attach(self) -> None:
         final = self.masks_at(self.spec.rate)
         self.check_masks_connected(final)
-        start = final if self.schedule == "oneshot" else {k: torch.ones_like(m) for k, m in final.items()}
+        start = (
+            final
+            if self.schedule == "oneshot"
+            else {k: torch.ones_like(m) for k, m in final.items()}
+        )
         self.current_rate = self.spec.rate if self.schedule == "oneshot" else 0.0
         for name, mask in start.items():
             self.parametrizations[name] = HardMask(mask)
@@ -94,6 +114,7 @@ class RandomPruning(MagnitudePruning):
         if self._random_scores is None:
             generator = torch.Generator().manual_seed(self.seed)
             self._random_scores = {
-                name: torch.rand(w.shape, generator=generator).to(w.device) for name, w in self.latent().items()
+                name: torch.rand(w.shape, generator=generator).to(w.device)
+                for name, w in self.latent().items()
             }
         return self._random_scores

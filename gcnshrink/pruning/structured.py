@@ -23,7 +23,9 @@ class StructuredPruning(PruningMethod):
     def __init__(self, spec: PruneSpec, seed: int = 0, **options):
         super().__init__(spec, seed, **options)
         if spec.scope != "global":
-            raise GcnshrinkError("structured pruning removes units shared by several tensors; use --scope global")
+            raise GcnshrinkError(
+                "structured pruning removes units shared by several tensors; use --scope global"
+            )
 
     def _unit_entries(self):
         """For each target tensor: (group-unit id of each entry's source, ... of its target)."""
@@ -72,7 +74,9 @@ class StructuredPruning(PruningMethod):
         to_remove = round(self.spec.rate * total)
         removed_units = torch.zeros(n_units, dtype=torch.bool)
         alive_per_group = torch.bincount(group_of_id, minlength=n_groups)
-        removed_entries = {name: torch.zeros(len(src), dtype=torch.bool) for name, (src, _) in entries.items()}
+        removed_entries = {
+            name: torch.zeros(len(src), dtype=torch.bool) for name, (src, _) in entries.items()
+        }
         removed = 0
         for unit in torch.argsort(score, stable=True).tolist():
             if removed >= to_remove:
@@ -89,7 +93,8 @@ class StructuredPruning(PruningMethod):
                     removed += int(hit.sum())
         self.removed_units = int(removed_units.sum())
         self.masks = {
-            name: (~removed_entries[name]).view_as(w).to(w.device) for name, w in self.latent().items()
+            name: (~removed_entries[name]).view_as(w).to(w.device)
+            for name, w in self.latent().items()
         }
         for name, mask in self.masks.items():
             self.register(name, HardMask(mask))

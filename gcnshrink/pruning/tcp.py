@@ -58,7 +58,9 @@ def _normalised_scores(scores: dict[str, torch.Tensor], scope: str) -> dict[str,
     for name, s in scores.items():
         flat = s.reshape(-1)
         ranks = torch.empty_like(flat)
-        ranks[torch.argsort(flat, stable=True)] = torch.arange(1, flat.numel() + 1, dtype=flat.dtype)
+        ranks[torch.argsort(flat, stable=True)] = torch.arange(
+            1, flat.numel() + 1, dtype=flat.dtype
+        )
         out[name] = (ranks / flat.numel()).view_as(s)
     return out
 
@@ -94,7 +96,10 @@ def consistent_budget_masks(
     offsets = np.cumsum([0] + [sizes[n] for n in names])
 
     def split(keep_flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        masks = {n: keep_flat[offsets[i] : offsets[i + 1]].view(scores[n].shape) for i, n in enumerate(names)}
+        masks = {
+            n: keep_flat[offsets[i] : offsets[i + 1]].view(scores[n].shape)
+            for i, n in enumerate(names)
+        }
         return {**dense_masks, **masks}
 
     def consistent_top(k: int) -> dict[str, torch.Tensor]:
@@ -123,7 +128,13 @@ def consistent_budget_masks(
     return {n: best[n].to(scores[n].device) for n in names}
 
 
-def _trim(graph: UnitGraph, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor], excess: int, dense_masks) -> dict[str, torch.Tensor]:
+def _trim(
+    graph: UnitGraph,
+    masks: dict[str, torch.Tensor],
+    scores: dict[str, torch.Tensor],
+    excess: int,
+    dense_masks,
+) -> dict[str, torch.Tensor]:
     """Drop exactly ``excess`` low-score entries from a consistent set, keeping it consistent.
 
     Removing an entry u -> v can leave v with no live input (v's outgoing entries then lead from a
@@ -243,7 +254,9 @@ def _trim(graph: UnitGraph, masks: dict[str, torch.Tensor], scores: dict[str, to
                 dead_out.discard(item[1])
         return 0
 
-    entry_units = {b.name: graph.entry_units(b, full[b.name].shape) for b in graph.prunable if b.name in masks}
+    entry_units = {
+        b.name: graph.entry_units(b, full[b.name].shape) for b in graph.prunable if b.name in masks
+    }
     binding = graph.binding_by_name
     candidates = []
     for name, m in masks.items():
@@ -277,7 +290,11 @@ def _swap_to_exact(graph: UnitGraph, masks, scores, excess: int, dense_masks, tr
     names = list(masks)
     flat = {n: masks[n].reshape(-1) for n in names}
     candidates = sorted(
-        ((float(scores[n].reshape(-1)[e]), n, e) for n in names for e in torch.nonzero(flat[n]).squeeze(1).tolist()),
+        (
+            (float(scores[n].reshape(-1)[e]), n, e)
+            for n in names
+            for e in torch.nonzero(flat[n]).squeeze(1).tolist()
+        ),
         key=lambda c: c[0],
     )
     for _, name, e in candidates[:tries]:
@@ -296,7 +313,9 @@ def _swap_to_exact(graph: UnitGraph, masks, scores, excess: int, dense_masks, tr
         for n in names:
             b = graph.binding_by_name[n]
             src, dst = graph.entry_units(b, masks[n].shape)
-            eligible = ~flat[n] & acc[b.source][src] & coacc[b.target][dst]  # never re-add what was just cut
+            eligible = (
+                ~flat[n] & acc[b.source][src] & coacc[b.target][dst]
+            )  # never re-add what was just cut
             idx = torch.nonzero(eligible).squeeze(1)
             pool += [(float(scores[n].reshape(-1)[i]), n, i) for i in idx.tolist()]
         if len(pool) < deficit:
@@ -331,7 +350,14 @@ class TopologyController(nn.Module):
     (ST-GCN's interleaved rows). M̃ is M times a_source and c_target broadcast along their axes.
     """
 
-    def __init__(self, graph: UnitGraph, targets: list[TensorBinding], latent: dict[str, torch.Tensor], thresholds: dict[str, float], temperature: float):
+    def __init__(
+        self,
+        graph: UnitGraph,
+        targets: list[TensorBinding],
+        latent: dict[str, torch.Tensor],
+        thresholds: dict[str, float],
+        temperature: float,
+    ):
         super().__init__()
         self.graph = graph
         self.targets = targets
@@ -352,7 +378,10 @@ class TopologyController(nn.Module):
             for b in self.graph.prunable
             if b.name in self.latent
         }
-        self._links = [(link, link.source_units.to(device), link.target_units.to(device)) for link in self.graph.links]
+        self._links = [
+            (link, link.source_units.to(device), link.target_units.to(device))
+            for link in self.graph.links
+        ]
 
     def magnitude_masks(self) -> dict[str, torch.Tensor]:
         masks = {}
@@ -362,7 +391,9 @@ class TopologyController(nn.Module):
                 continue
             tau = self.thresholds[name]
             margin = w.abs() - tau
-            masks[name] = straight_through((margin > 0).to(w.dtype), torch.sigmoid(margin / (self.temperature * tau)))
+            masks[name] = straight_through(
+                (margin > 0).to(w.dtype), torch.sigmoid(margin / (self.temperature * tau))
+            )
         return masks
 
     @staticmethod
@@ -377,7 +408,9 @@ class TopologyController(nn.Module):
         if device != self.device:
             self._prepare(device)
         masks = self.magnitude_masks()
-        matrices = {b.name: self._matrix(masks[b.name], b) for b in graph.prunable if b.name in masks}
+        matrices = {
+            b.name: self._matrix(masks[b.name], b) for b in graph.prunable if b.name in masks
+        }
         incoming_links: dict[str, list] = {}
         for link, src_units, dst_units in self._links:
             incoming_links.setdefault(link.target, []).append((link, src_units, dst_units))
@@ -402,7 +435,11 @@ class TopologyController(nn.Module):
         coacc_z = {s.name: torch.zeros(s.width, device=device) for s in graph.spaces}
         coacc: dict[str, torch.Tensor] = {}
         for space in reversed(graph.spaces):
-            here = torch.ones(space.width, device=device) if space.role == "output" else reach_step(coacc_z[space.name])
+            here = (
+                torch.ones(space.width, device=device)
+                if space.role == "output"
+                else reach_step(coacc_z[space.name])
+            )
             coacc[space.name] = here
             for link, src_units, dst_units in incoming_links.get(space.name, ()):
                 carried = here[dst_units]
@@ -421,7 +458,9 @@ class TopologyController(nn.Module):
             src_shape, dst_shape = list(shape), list(shape)
             src_shape[b.source_axis] = -1
             dst_shape[b.target_axis] = -1
-            gate = acc[b.source][source_units].view(src_shape) * coacc[b.target][target_units].view(dst_shape)
+            gate = acc[b.source][source_units].view(src_shape) * coacc[b.target][target_units].view(
+                dst_shape
+            )
             self.current[b.name] = masks[b.name] * gate
         return self.current
 
@@ -454,10 +493,16 @@ class ConsistentProjection(PruningMethod):
     def dense_masks(self) -> dict[str, torch.Tensor]:
         """Out-of-scope prunable tensors (``--exclude``) are kept whole."""
         names = {b.name for b in self.targets}
-        return {b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu() for b in self.graph.prunable if b.name not in names}
+        return {
+            b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu()
+            for b in self.graph.prunable
+            if b.name not in names
+        }
 
     def projected_masks(self) -> dict[str, torch.Tensor]:
-        return consistent_budget_masks(self.graph, score_weights(self.latent(), self.score), self.spec, self.dense_masks())
+        return consistent_budget_masks(
+            self.graph, score_weights(self.latent(), self.score), self.spec, self.dense_masks()
+        )
 
 
 class TopologicallyConsistentPruning(ConsistentProjection):
@@ -473,7 +518,15 @@ class TopologicallyConsistentPruning(ConsistentProjection):
         temperature_end: float = 0.03,
         **options,
     ):
-        super().__init__(spec, seed, score=score, budget_weight=budget_weight, temperature_start=temperature_start, temperature_end=temperature_end, **options)
+        super().__init__(
+            spec,
+            seed,
+            score=score,
+            budget_weight=budget_weight,
+            temperature_start=temperature_start,
+            temperature_end=temperature_end,
+            **options,
+        )
         self.budget_weight = budget_weight
         self.temperature_start, self.temperature_end = temperature_start, temperature_end
         self.controller: TopologyController | None = None
@@ -482,7 +535,11 @@ class TopologicallyConsistentPruning(ConsistentProjection):
     def _attach(self) -> None:
         masks = self.projected_masks()
         sizes = self.sizes()
-        self.budget = sum(budget_per_tensor(sizes, self.spec.rate).values()) if self.spec.scope == "layer" else global_budget(sizes, self.spec.rate)
+        self.budget = (
+            sum(budget_per_tensor(sizes, self.spec.rate).values())
+            if self.spec.scope == "layer"
+            else global_budget(sizes, self.spec.rate)
+        )
         # τ_t: just below tensor t's smallest kept magnitude, so training starts from the projection
         thresholds = {}
         for name, w in self.latent().items():
@@ -493,7 +550,9 @@ class TopologicallyConsistentPruning(ConsistentProjection):
             else:  # nothing kept: the threshold sits just above the largest weight
                 thresholds[name] = max(float(magnitudes.max()) * 1.001, 1e-12)
         latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
-        self.controller = TopologyController(self.graph, self.targets, latent_all, thresholds, self.temperature_start)
+        self.controller = TopologyController(
+            self.graph, self.targets, latent_all, thresholds, self.temperature_start
+        )
         for b in self.targets:
             self.register(b.name, ConsistentMask(self.controller, b.name))
         # refresh the masks before every forward pass of the model being fine-tuned
