@@ -23,6 +23,7 @@ import torch
 
 from gcnshrink import api
 from gcnshrink.data import load_data
+from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.pruning import PruneSpec, make_method
 from gcnshrink.train import TrainConfig
 from gcnshrink.units import masks_from_weights
@@ -38,12 +39,12 @@ def inconsistent_fraction(model) -> float:
     return summary["inconsistent_connections"] / max(kept, 1)
 
 
-def step_time(ckpt, data, method: str, rate: float, steps: int = 30) -> float:
+def step_time(ckpt, data, method: str, rate: float, lr: float, steps: int = 30) -> float:
     """Median seconds of one fine-tune step (forward, loss, backward, Adam) under ``method``."""
     model = ckpt.build_model().train()
     pruner = make_method(method, PruneSpec(rate, allow_collapse=True))
     pruner.attach(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data.x_train[:64], data.y_train[:64]
     times = []
     for i in range(steps + 5):
@@ -71,6 +72,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60, help="dense training epochs")
     parser.add_argument(
         "--finetune", type=int, default=20, help="fine-tune epochs, the same for every method"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=FINETUNE_LR, help="fine-tune Adam learning rate, every method"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)"
@@ -112,8 +116,8 @@ def main() -> None:
             )
             print(f"{spec} seed {seed}: dense test accuracy {dense['accuracy']:.3f}", flush=True)
             if seed == seeds[0]:
-                mp_t = step_time(ckpt, data, "mp", 0.99)
-                tcp_t = step_time(ckpt, data, "tcp", 0.99)
+                mp_t = step_time(ckpt, data, "mp", 0.99, args.lr)
+                tcp_t = step_time(ckpt, data, "tcp", 0.99, args.lr)
                 timing.append(
                     {"data": spec, "mp_step_s": mp_t, "tcp_step_s": tcp_t, "ratio": tcp_t / mp_t}
                 )
@@ -133,6 +137,7 @@ def main() -> None:
                         method=name,
                         rate=rate,
                         epochs=args.finetune,
+                        lr=args.lr,
                         seed=seed,
                         progress=False,
                         allow_collapse=True,
@@ -166,10 +171,10 @@ def main() -> None:
 def render(result: dict, datasets, methods, rates) -> str:
     recs = result["records"]
     a = result["args"]
-    command = f"python benchmarks/tcp_vs_mp.py --datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} --finetune {a['finetune']}"
+    command = f"python benchmarks/tcp_vs_mp.py --datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
     lines = [f"Command: `{command}`", ""]
     lines.append(
-        f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs. Test accuracy, mean ± std over seeds {result['args']['seeds']}."
+        f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs with Adam at {result['args']['lr']:g}. Test accuracy, mean ± std over seeds {result['args']['seeds']}."
     )
     for spec in datasets:
         dense = [r["accuracy"] for r in recs if r["data"] == spec and r["method"] == "dense"]

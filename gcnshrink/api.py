@@ -14,6 +14,7 @@ import torch
 
 from gcnshrink.checkpoint import Checkpoint, file_sha256, load_checkpoint, provenance
 from gcnshrink.data import SkeletonData, load_data
+from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.measure import weight_counts
 from gcnshrink.models import SkeletonModel, create_model
@@ -109,11 +110,11 @@ def prune(
     *,
     method: str = "mp",
     rate: float = 0.9,
-    epochs: int = 30,
+    epochs: int = FINETUNE_EPOCHS,
     seed: int = 0,
     scope: str = "global",
     exclude: tuple[str, ...] | list[str] = (),
-    lr: float = 1e-3,
+    lr: float = FINETUNE_LR,
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,

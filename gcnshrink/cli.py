@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
 
 app = typer.Typer(
@@ -301,7 +302,7 @@ def prune(
     rate: Annotated[
         float, typer.Option(help="Fraction of in-scope weights to remove, in (0, 1).")
     ] = 0.9,
-    epochs: Annotated[int, typer.Option(help="Masked fine-tuning epochs.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Masked fine-tuning epochs.")] = FINETUNE_EPOCHS,
     seed: SeedOpt = 0,
     scope: Annotated[
         str, typer.Option(help="global (one budget) or layer (each tensor at the rate).")
@@ -318,7 +319,7 @@ def prune(
             help="tcp only: the post-hoc variant (consistent masks once, then fine-tune)."
         ),
     ] = False,
-    lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tune.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tune.")] = FINETUNE_LR,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     device: Annotated[
         str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
@@ -523,7 +524,7 @@ def sweep(
     ],
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "mp,tcp",
     rates: Annotated[str, typer.Option(help="Comma-separated rates.")] = "0.5,0.9,0.95,0.99",
-    epochs: Annotated[int, typer.Option(help="Fine-tune epochs per cell.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Fine-tune epochs per cell.")] = FINETUNE_EPOCHS,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (one cell per seed).")] = "0",
 ):
     """Run every method at every rate; resumable. Writes results.json, report.md/html and plots.

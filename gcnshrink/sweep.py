@@ -36,6 +36,7 @@ from gcnshrink.checkpoint import (
 )
 from gcnshrink.compact import compact_model
 from gcnshrink.data import load_data
+from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
 from gcnshrink.measure import count_flops
@@ -82,7 +83,7 @@ def run_sweep(
     *,
     methods: list[str],
     rates: list[float],
-    epochs: int = 30,
+    epochs: int = FINETUNE_EPOCHS,
     seeds: list[int] = (0,),
     progress: bool = True,
     method_options: dict[str, dict] | None = None,

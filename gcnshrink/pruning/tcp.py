@@ -573,7 +573,27 @@ class TopologicallyConsistentPruning(ConsistentProjection):
         return int(sum(float(m.detach().sum()) for m in self.controller.current.values()))
 
     def final_masks(self) -> dict[str, torch.Tensor]:
-        return self.projected_masks()
+        """The exact-budget projection of the subnetwork the fine-tune trained.
+
+        The controller's hard consistent mask is what the weights were trained with; it holds about
+        the budget (the budget term keeps it within a few percent). Its entries are ranked above all
+        others, so the projection only trims or fills at the margin, by score. Re-ranking everything
+        by latent score instead swaps out ~10 % of the trained subnetwork at 0.99 and cost 20 points
+        of validation accuracy on synthetic:hands (docs/methods.md).
+        """
+        with torch.no_grad():
+            trained = self.controller.compute()
+        scores = score_weights(self.latent(), self.score)
+        lead = max(float(s.max()) for s in scores.values()) + 1.0
+        preferred = {}
+        for name, s in scores.items():
+            in_trained = (
+                trained[name].detach() > 0
+                if name in trained
+                else torch.zeros_like(s, dtype=torch.bool)
+            )
+            preferred[name] = s + lead * in_trained.to(s.dtype)
+        return consistent_budget_masks(self.graph, preferred, self.spec, self.dense_masks())
 
 
 class PosthocConsistentPruning(ConsistentProjection):
