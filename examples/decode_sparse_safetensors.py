@@ -2,73 +2,87 @@
 
     python examples/decode_sparse_safetensors.py model.safetensors
 
-Prints every tensor's name, dtype, shape and number of nonzeros. The format is described in
-docs/formats.md; this script is deliberately independent of gcnshrink so it doubles as a
-reference decoder. (numpy has no bfloat16, so files saved in bfloat16 need the torch loader.)
+Prints every tensor's name, dtype, shape and number of nonzeros. The format (version 2) is
+described in docs/formats.md; this script is deliberately independent of gcnshrink so it doubles
+as a reference decoder. bfloat16 tensors come back as float32 (numpy has no bfloat16; the
+conversion is exact).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 SPARSE_KEY = "gcnshrink.sparse"
+# safetensors dtype code -> little-endian numpy dtype (BF16: its raw 16 bits)
+DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+    "U16": "<u2", "U32": "<u4", "U64": "<u8",
+}  # fmt: skip
 
 
-def read_metadata(path: str) -> dict[str, str]:
-    """The header's ``__metadata__``: 8-byte little-endian header length, then a JSON object."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-    return header.get("__metadata__") or {}
+class Blob:
+    """The one U8 array of a sparse file, read front to back."""
+
+    def __init__(self, data: np.ndarray):
+        self.data, self.offset = data, 0
+
+    def take(self, dtype: str, count: int) -> np.ndarray:
+        size = np.dtype(dtype).itemsize * count
+        part = self.data[self.offset : self.offset + size].view(dtype)
+        self.offset += size
+        return part
 
 
-def decode_bitmask(values: np.ndarray, bitmask: np.ndarray, shape: list[int]) -> np.ndarray:
-    numel = int(np.prod(shape))
-    # One bit per element in row-major order; the first element is the high bit of byte 0.
-    mask = np.unpackbits(bitmask, count=numel, bitorder="big").astype(bool)
-    dense = np.zeros(numel, dtype=values.dtype)
-    dense[mask] = values
-    return dense.reshape(shape)
-
-
-def decode_csr(
-    values: np.ndarray, indptr: np.ndarray, indices: np.ndarray, shape: list[int]
-) -> np.ndarray:
-    rows = shape[0]
-    cols = int(np.prod(shape[1:]))
-    dense = np.zeros((rows, cols), dtype=values.dtype)
-    # Row r owns values[indptr[r]:indptr[r + 1]], at columns indices[indptr[r]:indptr[r + 1]].
-    row_of_value = np.repeat(np.arange(rows), np.diff(indptr.astype(np.int64)))
-    dense[row_of_value, indices.astype(np.int64)] = values
-    return dense.reshape(shape)
+def decode(entry: list, blob: Blob) -> tuple[str, np.ndarray]:
+    name, dtype_code, shape, encoding, *index_codes = entry
+    dtype = DTYPES[dtype_code]
+    numel = math.prod(shape)
+    if encoding == "dense":
+        flat = blob.take(dtype, numel)
+    elif encoding == "bitmask":
+        # One bit per element in row-major order; the first element is the high bit of byte 0.
+        mask = np.unpackbits(blob.take("u1", math.ceil(numel / 8)), count=numel, bitorder="big")
+        mask = mask.astype(bool)
+        flat = np.zeros(numel, dtype=dtype)
+        flat[mask] = blob.take(dtype, int(mask.sum()))
+    elif encoding == "csr":
+        # The tensor as a (rows, cols) matrix: row r owns values[indptr[r]:indptr[r + 1]],
+        # at columns indices[indptr[r]:indptr[r + 1]].
+        rows = shape[0]
+        cols = numel // rows
+        indptr = blob.take(DTYPES[index_codes[0]], rows + 1).astype(np.int64)
+        indices = blob.take(DTYPES[index_codes[1]], int(indptr[-1])).astype(np.int64)
+        values = blob.take(dtype, int(indptr[-1]))
+        row_of_value = np.repeat(np.arange(rows), np.diff(indptr))
+        flat = np.zeros(numel, dtype=dtype)
+        flat[row_of_value * cols + indices] = values
+    else:
+        raise SystemExit(f"{name}: unknown encoding {encoding!r}")
+    if dtype_code == "BF16":  # bfloat16 is the top half of a float32
+        flat = (flat.astype(np.uint32) << 16).view(np.float32)
+    return name, flat.reshape(shape)
 
 
 def main(path: str) -> dict[str, np.ndarray]:
-    arrays = load_file(path)
-    metadata = read_metadata(path)
-    described = {}
-    if SPARSE_KEY in metadata:
-        description = json.loads(metadata[SPARSE_KEY])
-        if description["version"] != 1:
-            raise SystemExit(f"unsupported sparse format version {description['version']}")
-        described = description["tensors"]
-
-    tensors = {}
-    for name, (encoding, shape) in described.items():
-        values = arrays.pop(f"{name}::values")
-        if encoding == "bitmask":
-            tensors[name] = decode_bitmask(values, arrays.pop(f"{name}::bitmask"), shape)
-        elif encoding == "csr":
-            indptr = arrays.pop(f"{name}::indptr")
-            indices = arrays.pop(f"{name}::indices")
-            tensors[name] = decode_csr(values, indptr, indices, shape)
-        else:
-            raise SystemExit(f"{name}: unknown encoding {encoding!r}")
-    tensors.update(arrays)  # everything left was stored dense
+    with safe_open(path, framework="np") as f:
+        metadata = f.metadata() or {}
+        arrays = {key: f.get_tensor(key) for key in f.keys()}
+    if SPARSE_KEY not in metadata:
+        tensors = arrays  # a dense file: nothing to decode
+    else:
+        manifest = json.loads(metadata[SPARSE_KEY])
+        if manifest["version"] != 2:
+            raise SystemExit(f"unsupported sparse format version {manifest['version']}")
+        blob = Blob(arrays[SPARSE_KEY])
+        tensors = dict(decode(entry, blob) for entry in manifest["tensors"])
+        if blob.offset != blob.data.size:
+            raise SystemExit("corrupt file: bytes left after the last tensor")
 
     for name in sorted(tensors):
         t = tensors[name]

@@ -253,13 +253,15 @@ def _load_safetensors(path: Path) -> Checkpoint:
 
 def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:
     """String metadata that lets gcnshrink rebuild the model from a safetensors or ONNX file."""
+    # compact separators: in a safetensors header every byte counts against a tiny model's size
+    compact = {"sort_keys": True, "separators": (",", ":"), "default": str}
     return {
         "format": FORMAT,
         "arch": ckpt.arch,
-        "config": json.dumps(ckpt.config, sort_keys=True),
-        "class_names": json.dumps(ckpt.class_names),
-        "provenance": json.dumps(ckpt.provenance, sort_keys=True, default=str),
-        "pruning": json.dumps(ckpt.pruning, sort_keys=True, default=str),
+        "config": json.dumps(ckpt.config, **compact),
+        "class_names": json.dumps(ckpt.class_names, separators=(",", ":")),
+        "provenance": json.dumps(ckpt.provenance, **compact),
+        "pruning": json.dumps(ckpt.pruning, **compact),
     }
 
 

@@ -1,19 +1,23 @@
 """Dense and sparse safetensors files for (pruned) state dicts.
 
-A sparse file is an ordinary safetensors file: every tensor is stored as one or more plain arrays
-plus a small JSON description in the header's ``__metadata__``, so it can be decoded with nothing
-but ``safetensors`` and numpy (see docs/formats.md and examples/decode_sparse_safetensors.py).
+A dense file is a plain safetensors file, one array per tensor. A sparse file (format version 2)
+is also a valid safetensors file, but it holds a single ``U8`` array named ``gcnshrink.sparse``:
+every tensor's parts back to back, in the order of a JSON manifest stored under the same key in
+the header's ``__metadata__``. One array and one short manifest entry per tensor keep the header
+small, which matters for heavily pruned models: version 1 stored up to three named arrays per
+tensor and its header alone was 16 % of a 0.99-pruned gcn's file (docs/formats.md).
 
-Per floating tensor the writer picks whichever encoding makes the smallest file:
+Per floating tensor the writer picks whichever encoding needs the fewest bytes:
 
-* ``dense``: the tensor as-is under its own name.
-* ``bitmask``: ``<name>::values`` (the nonzero entries, row-major) and ``<name>::bitmask``
-  (one bit per element, ``np.packbits`` big-endian bit order).
-* ``csr``: the tensor viewed as ``(shape[0], numel // shape[0])``; ``<name>::values``,
-  ``<name>::indptr`` (row pointers) and ``<name>::indices`` (column of each value).
+* ``dense``: the tensor's elements.
+* ``bitmask``: one bit per element (``np.packbits``, big-endian bit order), then the nonzero
+  elements in row-major order.
+* ``csr``: the tensor viewed as ``(shape[0], numel // shape[0])``; row pointers, column indices
+  (each in the narrowest unsigned dtype), then the nonzero elements.
 
 "Nonzero" means "bit pattern not all zero", so ``-0.0`` and NaN are kept as values and a decoded
-tensor is bit-identical to the original.
+tensor is bit-identical to the original. The format can be decoded with numpy and the standard
+library alone (examples/decode_sparse_safetensors.py).
 """
 
 from __future__ import annotations
@@ -31,24 +35,33 @@ import torch
 
 from gcnshrink.errors import GcnshrinkError
 
-# Key in ``__metadata__`` holding our JSON description; user metadata may not use it.
+# Key in ``__metadata__`` holding the manifest, and name of the one stored array.
 SPARSE_KEY = "gcnshrink.sparse"
-FORMAT_VERSION = 1
-PART_SEP = "::"
+FORMAT_VERSION = 2
+# A csr manifest entry also names its two index dtypes (``,"U8","U16"`` escaped inside the
+# header's JSON string): the only difference in header cost between encodings.
+_CSR_MANIFEST_BYTES = 16
 
-# Rough header cost of one stored array: its JSON entry is the key plus about this many bytes
-# ({"dtype":"F32","shape":[655],"data_offsets":[12345,14965]}). Only used to break near-ties
-# between encodings for small tensors, so it does not need to be exact.
-_HEADER_BYTES_PER_ARRAY = 60
-# Rough cost of one tensor's entry in our metadata JSON, on top of its name (escaped inside the
-# header JSON, so quotes count twice).
-_METADATA_BYTES_PER_TENSOR = 30
-
-# Integer dtypes to hold index arrays, narrowest first; safetensors supports all of them.
-_INDEX_DTYPES = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
-# Integer dtype with the same width as a float dtype. Encoding and decoding work on these bit
-# views in numpy: bit-exact by construction, fast, and it covers bfloat16, which numpy lacks.
-_BITS_DTYPE_BY_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# safetensors dtype code -> (torch dtype, little-endian numpy dtype with the same bits). bfloat16
+# travels as its 16 raw bits because numpy has no bfloat16.
+_DTYPES = {
+    "F64": (torch.float64, "<f8"),
+    "F32": (torch.float32, "<f4"),
+    "F16": (torch.float16, "<f2"),
+    "BF16": (torch.bfloat16, "<i2"),
+    "I64": (torch.int64, "<i8"),
+    "I32": (torch.int32, "<i4"),
+    "I16": (torch.int16, "<i2"),
+    "I8": (torch.int8, "i1"),
+    "U8": (torch.uint8, "u1"),
+    "BOOL": (torch.bool, "?"),
+}
+_CODE_BY_TORCH = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
+# Unsigned dtypes for index arrays, narrowest first.
+_INDEX_DTYPES = {"U8": "<u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}
+# Integer dtype with the same width as a float dtype: masks are computed on these bit views, so
+# "nonzero" is about bits and the result is exact by construction.
+_BITS_DTYPE_BY_SIZE = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes, *, force: bool = False) -> Path:
@@ -78,42 +91,35 @@ def write_file_atomic(path: str | os.PathLike, data: bytes, *, force: bool = Fal
     return path
 
 
-def _index_dtype(max_value: int) -> torch.dtype:
-    """Narrowest unsigned dtype that holds ``max_value``."""
-    for dtype in _INDEX_DTYPES:
-        if max_value <= torch.iinfo(dtype).max:
-            return dtype
+def _index_code(max_value: int) -> str:
+    """Narrowest unsigned dtype code that holds ``max_value``."""
+    for code, dtype in _INDEX_DTYPES.items():
+        if max_value <= np.iinfo(dtype).max:
+            return code
     raise GcnshrinkError(f"index value {max_value} does not fit in 64 bits")
 
 
-def _index_bytes(max_value: int, count: int) -> int:
-    return count * _index_dtype(max_value).itemsize
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """The elements of a floating tensor as integers with the same bits, flattened."""
-    return t.reshape(-1).view(_BITS_DTYPE_BY_SIZE[t.element_size()]).numpy()
-
-
-def _from_bits(bits: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(bits).view(dtype)
-
-
-def _entry_cost(name: str, part: str | None = None) -> int:
-    key = name if part is None else f"{name}{PART_SEP}{part}"
-    return len(key) + _HEADER_BYTES_PER_ARRAY
+def _elements(t: torch.Tensor) -> np.ndarray:
+    """The tensor's elements, flattened, as the little-endian numpy dtype of its code."""
+    flat = t.reshape(-1)
+    if t.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    return flat.numpy().astype(_DTYPES[_CODE_BY_TORCH[t.dtype]][1], copy=False)
 
 
 class _Plan:
     """Sizes of every candidate encoding of one tensor and the one we pick."""
 
     def __init__(self, name: str, tensor: torch.Tensor):
+        if tensor.dtype not in _CODE_BY_TORCH:
+            raise GcnshrinkError(f"{name!r} has dtype {tensor.dtype}, which cannot be saved")
         self.name = name
         self.tensor = tensor
+        self.code = _CODE_BY_TORCH[tensor.dtype]
+        self.elements = _elements(tensor)
         item = tensor.element_size()
         self.numel = tensor.numel()
         self.dense_bytes = self.numel * item
-        self.bits: np.ndarray | None = None
         self.mask: np.ndarray | None = None
         self.nnz = self.numel
         self.encoding = "dense"
@@ -123,65 +129,51 @@ class _Plan:
         if not tensor.is_floating_point() or tensor.ndim == 0 or self.numel == 0:
             return
 
-        self.bits = _bits(tensor)
         # Nonzero means "some bit set", so -0.0 and NaN are kept and decoding is bit-exact.
-        self.mask = self.bits != 0
+        self.mask = self.elements.view(_BITS_DTYPE_BY_SIZE[item]) != 0
         self.nnz = int(np.count_nonzero(self.mask))
         value_bytes = self.nnz * item
         rows = tensor.shape[0]
         cols = self.numel // rows
         bitmask_bytes = math.ceil(self.numel / 8)
         max_col = int(np.nonzero(self.mask.reshape(rows, cols))[1].max()) if self.nnz else 0
-        csr_bytes = _index_bytes(self.nnz, rows + 1) + _index_bytes(max_col, self.nnz)
-        self.bound = min(self.dense_bytes, value_bytes + min(bitmask_bytes, csr_bytes))
-
-        meta = len(name) + _METADATA_BYTES_PER_TENSOR
-        file_cost = {
-            "dense": self.dense_bytes + _entry_cost(name),
-            "bitmask": value_bytes
-            + bitmask_bytes
-            + _entry_cost(name, "values")
-            + _entry_cost(name, "bitmask")
-            + meta,
-            "csr": value_bytes
-            + csr_bytes
-            + _entry_cost(name, "values")
-            + _entry_cost(name, "indptr")
-            + _entry_cost(name, "indices")
-            + meta,
-        }
-        # min() keeps the first of equal costs, so ties go to the simplest encoding.
-        self.encoding = min(file_cost, key=file_cost.get)
-        self.payload = {
+        self.indptr_code, self.indices_code = _index_code(self.nnz), _index_code(max_col)
+        csr_bytes = (rows + 1) * np.dtype(_INDEX_DTYPES[self.indptr_code]).itemsize
+        csr_bytes += self.nnz * np.dtype(_INDEX_DTYPES[self.indices_code]).itemsize
+        payloads = {
             "dense": self.dense_bytes,
             "bitmask": value_bytes + bitmask_bytes,
             "csr": value_bytes + csr_bytes,
-        }[self.encoding]
+        }
+        self.bound = min(payloads.values())
+        file_cost = dict(payloads, csr=payloads["csr"] + _CSR_MANIFEST_BYTES)
+        # min() keeps the first of equal costs, so ties go to the simplest encoding.
+        self.encoding = min(file_cost, key=file_cost.get)
+        self.payload = payloads[self.encoding]
 
-    def arrays(self) -> dict[str, torch.Tensor]:
-        """The arrays to store for the chosen encoding, keyed by their safetensors names."""
-        name, t = self.name, self.tensor
+    def manifest_entry(self) -> list:
+        entry = [self.name, self.code, list(self.tensor.shape), self.encoding]
+        if self.encoding == "csr":
+            entry += [self.indptr_code, self.indices_code]
+        return entry
+
+    def parts(self) -> list[bytes]:
+        """The bytes to store, in order: index arrays first (they give the number of values)."""
         if self.encoding == "dense":
-            return {name: t}
-        # Boolean indexing keeps row-major order, the order both encodings promise.
-        values = _from_bits(self.bits[self.mask], t.dtype)
+            return [self.elements.tobytes()]
+        values = self.elements[self.mask].tobytes()  # boolean indexing keeps row-major order
         if self.encoding == "bitmask":
-            packed = np.packbits(self.mask, bitorder="big")
-            return {
-                f"{name}{PART_SEP}values": values,
-                f"{name}{PART_SEP}bitmask": torch.from_numpy(packed),
-            }
-        rows = t.shape[0]
+            return [np.packbits(self.mask, bitorder="big").tobytes(), values]
+        rows = self.tensor.shape[0]
         mask2d = self.mask.reshape(rows, self.numel // rows)
-        cols = np.nonzero(mask2d)[1]  # row-major too, so column i belongs to values[i]
+        cols = np.nonzero(mask2d)[1]  # row-major too, so column i belongs to value i
         indptr = np.zeros(rows + 1, dtype=np.int64)
         np.cumsum(np.count_nonzero(mask2d, axis=1), out=indptr[1:])
-        max_col = int(cols.max()) if cols.size else 0
-        return {
-            f"{name}{PART_SEP}values": values,
-            f"{name}{PART_SEP}indptr": torch.from_numpy(indptr).to(_index_dtype(self.nnz)),
-            f"{name}{PART_SEP}indices": torch.from_numpy(cols).to(_index_dtype(max_col)),
-        }
+        return [
+            indptr.astype(_INDEX_DTYPES[self.indptr_code]).tobytes(),
+            cols.astype(_INDEX_DTYPES[self.indices_code]).tobytes(),
+            values,
+        ]
 
 
 def _prepare(
@@ -220,21 +212,15 @@ def _encode(
     """Serialize to safetensors bytes; return them with the size report."""
     metadata = _check_metadata(metadata)
     plans = [_Plan(name, t) for name, t in tensors.items()]
-    arrays: dict[str, torch.Tensor] = {}
-    described: dict[str, list] = {}
-    for plan in plans:
-        if not sparse:
-            plan.encoding, plan.payload = "dense", plan.dense_bytes
-        if sparse and PART_SEP in plan.name:
-            raise GcnshrinkError(
-                f"tensor name {plan.name!r} contains {PART_SEP!r}, which the sparse format reserves"
-            )
-        arrays.update(plan.arrays())
-        if plan.encoding != "dense":
-            described[plan.name] = [plan.encoding, list(plan.tensor.shape)]
     if sparse:
-        description = {"version": FORMAT_VERSION, "tensors": described}
-        metadata[SPARSE_KEY] = json.dumps(description, separators=(",", ":"))
+        blob = b"".join(part for plan in plans for part in plan.parts())
+        manifest = {"version": FORMAT_VERSION, "tensors": [p.manifest_entry() for p in plans]}
+        metadata[SPARSE_KEY] = json.dumps(manifest, separators=(",", ":"))
+        arrays = {SPARSE_KEY: torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy())}
+    else:
+        for plan in plans:
+            plan.encoding, plan.payload = "dense", plan.dense_bytes
+        arrays = {plan.name: plan.tensor for plan in plans}
     data = safetensors.torch.save(arrays, metadata=metadata or None)
 
     payload = sum(p.payload for p in plans)
@@ -300,51 +286,62 @@ def _read_header(data: bytes, path: Path) -> dict:
     return header
 
 
-def _as_int64(t: torch.Tensor, what: str) -> np.ndarray:
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D integer array")
-    return t.to(torch.int64).numpy()
+class _Reader:
+    """Reads the parts of a sparse blob in order; raises ValueError past its end."""
+
+    def __init__(self, blob: np.ndarray):
+        self.blob = blob
+        self.offset = 0
+
+    def take(self, dtype: str, count: int) -> np.ndarray:
+        size = np.dtype(dtype).itemsize * count
+        if count < 0 or self.offset + size > self.blob.size:
+            raise ValueError("data ends before the manifest does")
+        part = self.blob[self.offset : self.offset + size].view(dtype).copy()
+        self.offset += size
+        return part
 
 
-def _decode_one(encoding: str, shape: list, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Rebuild one dense tensor; raises ValueError on inconsistent data."""
+def _decode_one(entry: list, reader: _Reader) -> tuple[str, torch.Tensor]:
+    """Rebuild one tensor from its manifest entry; raises ValueError on inconsistent data."""
+    if not isinstance(entry, list) or len(entry) < 4:
+        raise ValueError(f"bad manifest entry {entry!r}")
+    name, code, shape, encoding, *index_codes = entry
+    if not isinstance(name, str) or code not in _DTYPES:
+        raise ValueError(f"bad name or dtype in {entry[:2]!r}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"bad shape {shape!r}")
+        raise ValueError(f"{name!r}: bad shape {shape!r}")
+    torch_dtype, np_dtype = _DTYPES[code]
     numel = math.prod(shape)
-    values = parts["values"]
-    if values.ndim != 1 or not values.is_floating_point():
-        raise ValueError("values must be a 1-D floating array")
-    value_bits = _bits(values)
-    out = np.zeros(numel, dtype=value_bits.dtype)
-    if encoding == "bitmask":
-        packed = parts["bitmask"]
-        if packed.dtype != torch.uint8 or packed.shape != (math.ceil(numel / 8),):
-            raise ValueError("bitmask has the wrong dtype or length")
-        mask = np.unpackbits(packed.numpy(), count=numel, bitorder="big").astype(bool)
-        if np.count_nonzero(mask) != value_bits.size:
-            raise ValueError("bitmask and values disagree on the number of nonzeros")
-        out[mask] = value_bits
-    else:  # csr
-        if not shape or shape[0] == 0:
-            raise ValueError("csr needs a non-empty first dimension")
+    if encoding == "dense":
+        elements = reader.take(np_dtype, numel)
+    elif encoding == "bitmask" and torch_dtype.is_floating_point:
+        packed = reader.take("u1", math.ceil(numel / 8))
+        mask = np.unpackbits(packed, count=numel, bitorder="big").astype(bool)
+        elements = np.zeros(numel, dtype=np_dtype)
+        elements[mask] = reader.take(np_dtype, int(np.count_nonzero(mask)))
+    elif encoding == "csr" and torch_dtype.is_floating_point:
+        if not shape or shape[0] == 0 or len(index_codes) != 2:
+            raise ValueError(f"{name!r}: csr needs a first dimension and two index dtypes")
+        if not all(c in _INDEX_DTYPES for c in index_codes):
+            raise ValueError(f"{name!r}: bad index dtypes {index_codes!r}")
         rows, cols = shape[0], numel // shape[0]
-        indptr = _as_int64(parts["indptr"], "indptr")
-        indices = _as_int64(parts["indices"], "indices")
-        if (
-            indptr.size != rows + 1
-            or indptr[0] != 0
-            or indptr[-1] != value_bits.size
-            or np.any(np.diff(indptr) < 0)
-            or indices.size != value_bits.size
-            or (indices.size and (indices.min() < 0 or indices.max() >= cols))
-        ):
-            raise ValueError("indptr/indices/values are inconsistent")
+        indptr = reader.take(_INDEX_DTYPES[index_codes[0]], rows + 1).astype(np.int64)
+        nnz = int(indptr[-1])
+        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or nnz > numel:
+            raise ValueError(f"{name!r}: row pointers are inconsistent")
+        indices = reader.take(_INDEX_DTYPES[index_codes[1]], nnz).astype(np.int64)
+        if indices.size and indices.max() >= cols:
+            raise ValueError(f"{name!r}: a column index is out of range")
         row_of_value = np.repeat(np.arange(rows), np.diff(indptr))
-        out[row_of_value * cols + indices] = value_bits
-    return _from_bits(out, values.dtype).reshape(shape)
-
-
-_PARTS_BY_ENCODING = {"bitmask": ("values", "bitmask"), "csr": ("values", "indptr", "indices")}
+        elements = np.zeros(numel, dtype=np_dtype)
+        elements[row_of_value * cols + indices] = reader.take(np_dtype, nnz)
+    else:
+        raise ValueError(f"{name!r}: unknown encoding {encoding!r} for {code}")
+    tensor = torch.from_numpy(elements)
+    if torch_dtype == torch.bfloat16:
+        tensor = tensor.view(torch.bfloat16)
+    return name, tensor.reshape(shape)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -365,42 +362,34 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     except Exception as exc:  # safetensors raises its own error type and sometimes others
         raise GcnshrinkError(f"{path} is not a valid safetensors file ({exc})") from None
     metadata = dict(header.get("__metadata__") or {})
+    if SPARSE_KEY not in metadata:
+        return stored, metadata
 
-    described: dict = {}
-    if SPARSE_KEY in metadata:
-        try:
-            description = json.loads(metadata.pop(SPARSE_KEY))
-            version = description["version"]
-            described = description["tensors"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise GcnshrinkError(f"{path}: sparse-format description is corrupt") from None
-        if version != FORMAT_VERSION:
-            raise GcnshrinkError(
-                f"{path} uses sparse format version {version}; this gcnshrink reads "
-                f"version {FORMAT_VERSION}"
-            )
-        if not isinstance(described, dict):
-            raise GcnshrinkError(f"{path}: sparse-format description is corrupt")
-
+    try:
+        manifest = json.loads(metadata.pop(SPARSE_KEY))
+        version, entries = manifest["version"], manifest["tensors"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise GcnshrinkError(f"{path}: sparse-format manifest is corrupt") from None
+    if version != FORMAT_VERSION:
+        raise GcnshrinkError(
+            f"{path} uses sparse format version {version}; this gcnshrink reads "
+            f"version {FORMAT_VERSION} (re-export the model with this version)"
+        )
+    blob = stored.pop(SPARSE_KEY, None)
+    if not isinstance(entries, list) or blob is None or blob.dtype != torch.uint8 or stored:
+        raise GcnshrinkError(f"{path}: sparse file must hold one U8 array {SPARSE_KEY!r}")
+    reader = _Reader(blob.reshape(-1).numpy())
     tensors = {}
-    for name, entry in described.items():
+    for entry in entries:
         try:
-            encoding, shape = entry
-            if encoding not in _PARTS_BY_ENCODING:
-                raise ValueError(f"unknown encoding {encoding!r}")
-            parts = {}
-            for part in _PARTS_BY_ENCODING[encoding]:
-                key = f"{name}{PART_SEP}{part}"
-                if key not in stored:
-                    raise ValueError(f"missing array {key!r}")
-                parts[part] = stored.pop(key)
-            tensors[name] = _decode_one(encoding, shape, parts)
+            name, tensor = _decode_one(entry, reader)
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise GcnshrinkError(f"{path}: tensor {name!r} is corrupt ({exc})") from None
-    for key, t in stored.items():
-        if described and PART_SEP in key:
-            raise GcnshrinkError(f"{path}: stray sparse part {key!r}")
-        tensors[key] = t
+            raise GcnshrinkError(f"{path}: sparse data is corrupt ({exc})") from None
+        if name in tensors:
+            raise GcnshrinkError(f"{path}: tensor {name!r} appears twice in the manifest")
+        tensors[name] = tensor
+    if reader.offset != reader.blob.size:
+        raise GcnshrinkError(f"{path}: sparse data is corrupt (bytes left after the manifest)")
     return tensors, metadata
 
 

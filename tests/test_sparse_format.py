@@ -44,8 +44,13 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         assert torch.equal(bits(a[name]), bits(b[name])), name
 
 
-def stored_dtypes(path: Path) -> dict[str, torch.dtype]:
-    return {k: v.dtype for k, v in safetensors.torch.load_file(path).items()}
+def manifest(path: Path) -> dict:
+    return json.loads(safetensors.safe_open(path, "pt").metadata()[SPARSE_KEY])
+
+
+def manifest_entries(path: Path) -> dict[str, list]:
+    """name -> [dtype, shape, encoding, *index dtypes]"""
+    return {entry[0]: entry[1:] for entry in manifest(path)["tensors"]}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -130,13 +135,10 @@ def test_narrowest_index_dtypes(tmp_path):
     path = tmp_path / "m.safetensors"
     report = save_tensors(path, {"small": small, "medium": medium, "wide": wide}, {}, sparse=True)
     assert {t["encoding"] for t in report["tensors"].values()} == {"csr"}
-    dtypes = stored_dtypes(path)
-    assert dtypes["small::indptr"] == torch.uint8
-    assert dtypes["small::indices"] == torch.uint8
-    assert dtypes["medium::indptr"] == torch.uint16
-    assert dtypes["medium::indices"] == torch.uint16
-    assert dtypes["wide::indptr"] == torch.uint8
-    assert dtypes["wide::indices"] == torch.uint32
+    entries = manifest_entries(path)
+    assert entries["small"] == ["F32", [100, 20], "csr", "U8", "U8"]
+    assert entries["medium"] == ["F32", [300, 1000], "csr", "U16", "U16"]
+    assert entries["wide"] == ["F32", [3, 70_000], "csr", "U8", "U32"]
     assert_same(load_tensors(path)[0], {"small": small, "medium": medium, "wide": wide})
 
 
@@ -179,11 +181,14 @@ def test_example_decoder_matches_load_tensors(tmp_path):
         "bitmask": sparse_tensor((30, 30), 0.3),
         "dense": torch.randn(8),
         "steps": torch.tensor(5),
+        "half": sparse_tensor((40, 40), 0.01, torch.float16),
+        "brain": sparse_tensor((16, 16), 0.3, torch.bfloat16),
     }
     path = tmp_path / "m.safetensors"
     report = save_tensors(path, tensors, {"arch": "toy"}, sparse=True)
     assert {t["encoding"] for t in report["tensors"].values()} == {"csr", "bitmask", "dense"}
     expected, _ = load_tensors(path)
+    expected["brain"] = expected["brain"].float()  # the example widens bfloat16 to float32
 
     decoded = load_example_module().main(str(path))
     assert set(decoded) == set(expected)
@@ -215,26 +220,41 @@ def test_bad_inputs_raise_gcnshrink_error(tmp_path):
         save_tensors(path, {"a": torch.ones(3)}, {SPARSE_KEY: "x"}, sparse=True)
     with pytest.raises(GcnshrinkError, match="strings"):
         save_tensors(path, {"a": torch.ones(3)}, {"epochs": 3}, sparse=True)
-    with pytest.raises(GcnshrinkError, match="::"):
-        save_tensors(path, {"a::values": torch.ones(3)}, {}, sparse=True)
+    with pytest.raises(GcnshrinkError, match="cannot be saved"):
+        save_tensors(path, {"a": torch.ones(3, dtype=torch.complex64)}, {}, sparse=True)
     with pytest.raises(GcnshrinkError, match="does not exist"):
         save_tensors(tmp_path / "nope" / "m.safetensors", {"a": torch.ones(3)}, {}, sparse=True)
     assert not path.exists()
 
 
-def rewrite_description(src: Path, dst: Path, change) -> None:
-    """Copy a sparse file with its JSON description edited by ``change``."""
+def rewrite(src: Path, dst: Path, change_manifest=None, change_blob=None) -> None:
+    """Copy a sparse file with its manifest and/or its data blob edited."""
     arrays = safetensors.torch.load_file(src)
-    metadata = load_tensors(src)[1]
-    description = json.loads(safetensors.safe_open(src, "pt").metadata()[SPARSE_KEY])
-    change(description)
-    metadata[SPARSE_KEY] = json.dumps(description)
+    metadata = dict(safetensors.safe_open(src, "pt").metadata())
+    if change_manifest:
+        description = json.loads(metadata[SPARSE_KEY])
+        change_manifest(description)
+        metadata[SPARSE_KEY] = json.dumps(description)
+    if change_blob:
+        arrays[SPARSE_KEY] = change_blob(arrays[SPARSE_KEY].clone())
     safetensors.torch.save_file(arrays, dst, metadata=metadata)
+
+
+def test_sparse_file_is_one_array_and_a_short_header(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_tensors(path, realistic_state_dict(), {"arch": "stgcn"}, sparse=True)
+    arrays = safetensors.torch.load_file(path)
+    assert list(arrays) == [SPARSE_KEY] and arrays[SPARSE_KEY].dtype == torch.uint8
+    assert manifest(path)["version"] == 2
+    header_bytes = int.from_bytes(path.read_bytes()[:8], "little")
+    # about 60 bytes per tensor: the manifest entry is the name, dtype, shape and encoding
+    assert header_bytes < 70 * len(realistic_state_dict()) + 200
 
 
 def test_corrupt_files_raise_gcnshrink_error(tmp_path):
     good = tmp_path / "good.safetensors"
-    save_tensors(good, {"w": sparse_tensor((50, 50), 0.01)}, {}, sparse=True)
+    save_tensors(good, {"w": sparse_tensor((50, 50), 0.01), "b": torch.ones(4)}, {}, sparse=True)
+    assert manifest_entries(good)["w"][2] == "csr"
     data = good.read_bytes()
 
     cases = {
@@ -252,25 +272,42 @@ def test_corrupt_files_raise_gcnshrink_error(tmp_path):
             load_tensors(path)
 
     def bad_version(d):
-        d["version"] = 99
+        d["version"] = 1
 
     def bad_shape(d):
-        d["tensors"]["w"][1] = [49, 50]  # indptr has 51 entries, so 50 rows
+        d["tensors"][0][2] = [49, 50]  # the row pointers then read one entry short
 
     def bad_encoding(d):
-        d["tensors"]["w"][0] = "zip"
+        d["tensors"][0][3] = "zip"
 
-    for change in (bad_version, bad_shape, bad_encoding):
+    def bad_dtype(d):
+        d["tensors"][1][1] = "C64"
+
+    def missing_tensor(d):
+        del d["tensors"][1]  # the bias's bytes are left over
+
+    def duplicated(d):
+        d["tensors"][1][0] = "w"
+
+    def not_a_list(d):
+        d["tensors"] = {"w": d["tensors"][0]}
+
+    changes = (bad_version, bad_shape, bad_encoding, bad_dtype, missing_tensor, duplicated)
+    for change in (*changes, not_a_list):
         path = tmp_path / f"{change.__name__}.safetensors"
-        rewrite_description(good, path, change)
+        rewrite(good, path, change_manifest=change)
         with pytest.raises(GcnshrinkError):
             load_tensors(path)
 
-    # Consistent description but inconsistent arrays: a row pointer past the values.
-    arrays = safetensors.torch.load_file(good)
-    arrays["w::indptr"] = arrays["w::indptr"].clone()
-    arrays["w::indptr"][-1] += 1
-    path = tmp_path / "bad_indptr.safetensors"
-    safetensors.torch.save_file(arrays, path, metadata=safetensors.safe_open(good, "pt").metadata())
-    with pytest.raises(GcnshrinkError, match="corrupt"):
-        load_tensors(path)
+    def past_the_values(blob):
+        blob[50] += 1  # the last row pointer (50 rows, U8) now claims one value too many
+        return blob
+
+    def short(blob):
+        return blob[:-1]
+
+    for change in (past_the_values, short):
+        path = tmp_path / f"{change.__name__}.safetensors"
+        rewrite(good, path, change_blob=change)
+        with pytest.raises(GcnshrinkError, match="corrupt"):
+            load_tensors(path)
