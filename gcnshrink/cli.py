@@ -464,6 +464,14 @@ def export(
     sparse: Annotated[
         bool, typer.Option("--sparse", help="Write model.sparse.safetensors (values + indices).")
     ] = False,
+    sparse_onnx: Annotated[
+        bool,
+        typer.Option(
+            "--sparse-onnx",
+            help="Write model.sparse.onnx: mostly-zero weights as ONNX sparse initializers "
+            "(onnxruntime reads them; not every ONNX tool does).",
+        ),
+    ] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store weights as float16.")] = False,
     int8: Annotated[
         bool,
@@ -489,7 +497,7 @@ def export(
     """
     from gcnshrink.export import export_model
 
-    if not (onnx or safetensors or sparse or int8):
+    if not (onnx or sparse_onnx or safetensors or sparse or int8):
         onnx = sparse = True
     ckpt = load_model_file(model, arch, layout)
     calib, dataset = calibration_inputs(ckpt, data, seed)
@@ -502,6 +510,7 @@ def export(
         sparse=sparse,
         fp16=fp16,
         int8=int8,
+        sparse_onnx=sparse_onnx,
         force=force,
     )
     if json_out:

@@ -8,7 +8,9 @@ Files written into the output folder (all verified before the command returns):
   whichever is smallest (docs/formats.md); decoded bit-exactly;
 - ``model.onnx``: the compacted model, dynamic batch axis, opset 18, compared with PyTorch by
   onnxruntime on real inputs (error above 1e-4 absolute);
-- ``model.int8.onnx``: onnxruntime dynamic quantization of it (``--int8``).
+- ``model.sparse.onnx``: the same graph with mostly-zero weights stored as ONNX sparse
+  initializers (``--sparse-onnx``), checked the same way;
+- ``model.int8.onnx``: onnxruntime dynamic quantization of ``model.onnx`` (``--int8``).
 
 ``--fp16`` stores weights as float16 in every file.
 """
@@ -52,12 +54,14 @@ def export_model(
     sparse: bool = True,
     fp16: bool = False,
     int8: bool = False,
+    sparse_onnx: bool = False,
     force: bool = False,
 ) -> dict:
     """Compact ``ckpt`` and write the requested files; returns a summary with every check."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GcnshrinkError(f"{out_dir} exists and is not a folder")
+    onnx = onnx or int8  # int8 quantizes model.onnx
     planned = []
     if safetensors:
         planned.append(out_dir / "model.safetensors")
@@ -65,10 +69,14 @@ def export_model(
         planned.append(out_dir / "model.sparse.safetensors")
     if onnx:
         planned.append(out_dir / "model.onnx")
+    if sparse_onnx:
+        planned.append(out_dir / "model.sparse.onnx")
     if int8:
         planned.append(out_dir / "model.int8.onnx")
     if not planned:
-        raise GcnshrinkError("nothing to export: pass --onnx, --safetensors, --sparse or --int8")
+        raise GcnshrinkError(
+            "nothing to export: pass --onnx, --sparse-onnx, --safetensors, --sparse or --int8"
+        )
     existing = [p for p in planned if p.exists()]
     if existing and not force:
         raise GcnshrinkError(f"{existing[0]} exists; pass --force to overwrite it")
@@ -111,32 +119,40 @@ def export_model(
             )
         summary["files"].append(entry)
 
-    if onnx:
-        path = out_dir / "model.onnx"
-        export_onnx(model, calibration[:2], path, fp16=fp16, metadata=metadata, force=force)
+    if onnx or sparse_onnx:
         with torch.no_grad():
             scale = float(model(calibration).abs().max())
         atol = PARITY_ATOL if not fp16 else 1e-2 * max(1.0, scale)
+    for path, wanted, sparse_weights in (
+        (out_dir / "model.onnx", onnx, False),
+        (out_dir / "model.sparse.onnx", sparse_onnx, True),
+    ):
+        if not wanted:
+            continue
+        export_onnx(
+            model, calibration[:2], path, fp16=fp16, sparse=sparse_weights, metadata=metadata,
+            force=force,
+        )  # fmt: skip
         diff = check_parity(model, path, calibration, atol=atol)
         summary["files"].append(
             {
                 "path": str(path),
                 "bytes": path.stat().st_size,
-                "kind": "onnx",
+                "kind": "onnx (sparse initializers)" if sparse_weights else "onnx",
                 "max_abs_diff": diff,
                 "note": f"max |onnx - torch| = {diff:.2e}",
             }
         )
-        if int8:
-            qpath = out_dir / "model.int8.onnx"
-            quantize_int8(path, qpath, force=force)
-            summary["files"].append(
-                {
-                    "path": str(qpath),
-                    "bytes": qpath.stat().st_size,
-                    "kind": "onnx int8",
-                    "note": "check its accuracy with gcnshrink eval",
-                }
-            )
+    if int8:
+        qpath = out_dir / "model.int8.onnx"
+        quantize_int8(out_dir / "model.onnx", qpath, force=force)
+        summary["files"].append(
+            {
+                "path": str(qpath),
+                "bytes": qpath.stat().st_size,
+                "kind": "onnx int8",
+                "note": "check its accuracy with gcnshrink eval",
+            }
+        )
     (out_dir / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -110,6 +110,11 @@ def onnx_counts(path: Path) -> dict:
         if arr.dtype.kind in "fc":
             params += arr.size
             nonzero += int(np.count_nonzero(arr))
+    for sparse in proto.graph.sparse_initializer:  # written by export --sparse-onnx
+        values = numpy_helper.to_array(sparse.values)
+        if values.dtype.kind in "fc":
+            params += int(np.prod(sparse.dims))
+            nonzero += int(np.count_nonzero(values))
     meta = {p.key: p.value for p in proto.metadata_props}
     return {"params": params, "nonzero": nonzero, "metadata": meta}
 

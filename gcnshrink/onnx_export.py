@@ -12,6 +12,13 @@ fp16: weights are *stored* as float16 and cast back to float32 by ``Cast`` nodes
 the graph; compute and I/O stay float32. This halves the file like a fully-fp16 graph would, but
 runs on every onnxruntime build (CPU has few fp16 kernels) and keeps activations at full
 precision. onnxruntime folds the casts once when it loads the model.
+
+sparse: weights that are mostly zeros move to the graph's ``sparse_initializer`` list (ONNX
+``SparseTensorProto``: the nonzero values plus their int64 positions, the only index type the
+ONNX checker accepts), when that is smaller than the dense tensor, i.e. below about a third
+nonzero for float32. onnxruntime densifies them once at load time, so inference is unchanged.
+Not every ONNX consumer reads sparse initializers, which is why it is an option
+(``gcnshrink export --sparse-onnx`` writes ``model.sparse.onnx`` next to ``model.onnx``).
 """
 
 from __future__ import annotations
@@ -145,6 +152,36 @@ def _store_weights_fp16(proto: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+# A SparseTensorProto costs its dims and two small tensor headers on top of its values and indices.
+_SPARSE_INITIALIZER_OVERHEAD = 32
+
+
+def _store_weights_sparse(proto: onnx.ModelProto) -> None:
+    """Move every floating initializer whose sparse form is smaller to ``sparse_initializer``."""
+    graph = proto.graph
+    graph_inputs = {i.name for i in graph.input}
+    dense = []
+    for init in graph.initializer:
+        weights = numpy_helper.to_array(init)
+        if weights.dtype.kind != "f" or weights.ndim == 0 or init.name in graph_inputs:
+            dense.append(init)
+            continue
+        flat = weights.reshape(-1)
+        # nonzero by bit pattern, so -0.0 survives like in the sparse safetensors format
+        positions = np.flatnonzero(flat.view(f"i{flat.itemsize}"))
+        sparse_bytes = positions.size * (flat.itemsize + 8) + _SPARSE_INITIALIZER_OVERHEAD
+        if sparse_bytes >= flat.nbytes:
+            dense.append(init)
+            continue
+        values = numpy_helper.from_array(flat[positions], init.name)
+        indices = numpy_helper.from_array(positions.astype(np.int64), f"{init.name}_indices")
+        graph.sparse_initializer.append(
+            helper.make_sparse_tensor(values, indices, list(weights.shape))
+        )
+    del graph.initializer[:]
+    graph.initializer.extend(dense)
+
+
 def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
@@ -152,8 +189,12 @@ def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def _finish_and_write(proto: onnx.ModelProto, path: Path, force: bool) -> None:
+    # onnx's shape inference types a sparse initializer as sparse_tensor and rejects it as the
+    # input of a dense op, although runtimes densify it at load; such graphs get the structural
+    # check here, and onnxruntime's parity check after export covers the rest.
+    full_check = not proto.graph.sparse_initializer
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(proto, full_check=full_check)
     except onnx.checker.ValidationError as exc:
         # Our own export produced an invalid graph: a bug, not a user error.
         raise RuntimeError(f"exported ONNX model fails onnx.checker: {exc}") from exc
@@ -177,14 +218,16 @@ def export_onnx(
     *,
     opset: int = 18,
     fp16: bool = False,
+    sparse: bool = False,
     metadata: dict[str, str] | None = None,
     force: bool = False,
 ) -> None:
     """Export ``model`` to ``path`` with a dynamic batch axis (input "skeleton", output "logits").
 
     ``example`` is one input batch (N, C, T, V, M); only its shape matters. ``fp16`` stores the
-    weights as float16 (compute stays float32). ``metadata`` lands in the model's
-    ``metadata_props`` (read back by :attr:`OnnxRunner.metadata`).
+    weights as float16 (compute stays float32); ``sparse`` stores mostly-zero weights as sparse
+    initializers (see the module doc). ``metadata`` lands in the model's ``metadata_props`` (read
+    back by :attr:`OnnxRunner.metadata`).
     """
     path = _check_output_path(path, force)
     metadata = _check_metadata(metadata)
@@ -220,6 +263,8 @@ def export_onnx(
     _strip_debug_info(proto)
     if fp16:
         _store_weights_fp16(proto)
+    if sparse:
+        _store_weights_sparse(proto)
     _set_metadata(proto, metadata)
     _finish_and_write(proto, path, force)
 
@@ -254,6 +299,8 @@ def quantize_int8(
     proto = _load_onnx(src_path)
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         raise GcnshrinkError(f"{src_path} has float16 weights; quantize the float32 export")
+    if proto.graph.sparse_initializer:
+        raise GcnshrinkError(f"{src_path} has sparse weights; quantize the dense ONNX export")
     metadata = {p.key: p.value for p in proto.metadata_props}
     _strip_debug_info(proto)
 
