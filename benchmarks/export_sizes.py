@@ -1,7 +1,7 @@
-"""Bytes and latency after ``tcp`` + compaction, for ``gcn`` and ``stgcn`` at rates 0.9 and 0.99.
+"""Bytes and latency after pruning + compaction, for ``gcn`` and ``stgcn`` at rates 0.9 and 0.99.
 
 For each model: train briefly on built-in data (the weights' values matter little for sizes, the
-masks do), prune with tcp, then measure
+masks do), prune with each method (tcp, and structured for comparison), then measure
 
 - bytes of the dense checkpoint's tensors as safetensors (dense), of the compacted model (compact),
   of the compacted model in sparse safetensors (sparse), gzip -9 of the compacted dense file (gzip),
@@ -61,6 +61,11 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these models)"
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--methods",
+        default="tcp,structured",
+        help="structured (whole units) shows what a structured method buys in latency",
+    )
     parser.add_argument("--out", default=str(RESULTS / "export_sizes"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,37 +89,40 @@ def main() -> None:
             calibration = data.x_val[:32]
             dense_model = ckpt.build_model()
             dense = measure(dense_model, calibration, work, f"{arch}-dense")
-            for rate in (0.9, 0.99):
-                outcome = api.prune(
-                    ckpt,
-                    data,
-                    method="tcp",
-                    rate=rate,
-                    epochs=2 if not args.quick else 1,
-                    progress=False,
-                )
-                result = compact_model(outcome.model, calibration)
-                compact = measure(result.model, calibration, work, f"{arch}-{rate}")
-                # what `gcnshrink export --sparse` writes: the same tensors plus the metadata
-                # gcnshrink needs to rebuild the model (config, class names, provenance)
-                exported = export_model(
-                    outcome.checkpoint, work / f"{arch}-{rate}-export", calibration=calibration,
-                    onnx=False, sparse=True,
-                )  # fmt: skip
-                compact["bytes_export_sparse"] = exported["files"][0]["bytes"]
-                row = {
-                    "arch": arch,
-                    "data": spec,
-                    "config": config,
-                    "rate": rate,
-                    "accuracy": outcome.summary["accuracy"],
-                    "dense_accuracy": dense_summary["accuracy"],
-                    "dense": dense,
-                    "compact": compact,
-                    "compaction_relative_diff": result.relative_diff,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for method in args.methods.split(","):
+                for rate in (0.9, 0.99):
+                    outcome = api.prune(
+                        ckpt,
+                        data,
+                        method=method,
+                        rate=rate,
+                        epochs=2 if not args.quick else 1,
+                        progress=False,
+                    )
+                    tag = f"{arch}-{method}-{rate}"
+                    result = compact_model(outcome.model, calibration)
+                    compact = measure(result.model, calibration, work, tag)
+                    # what `gcnshrink export --sparse` writes: the same tensors plus the metadata
+                    # gcnshrink needs to rebuild the model (config, class names, provenance)
+                    exported = export_model(
+                        outcome.checkpoint, work / f"{tag}-export", calibration=calibration,
+                        onnx=False, sparse=True,
+                    )  # fmt: skip
+                    compact["bytes_export_sparse"] = exported["files"][0]["bytes"]
+                    row = {
+                        "arch": arch,
+                        "data": spec,
+                        "config": config,
+                        "method": method,
+                        "rate": rate,
+                        "accuracy": outcome.summary["accuracy"],
+                        "dense_accuracy": dense_summary["accuracy"],
+                        "dense": dense,
+                        "compact": compact,
+                        "compaction_relative_diff": result.relative_diff,
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
@@ -130,8 +138,8 @@ def render(rows: list[dict], quick: bool) -> str:
     lines = [
         f"Command: `python benchmarks/export_sizes.py{' --quick' if quick else ''}`",
         "",
-        "| model | rate | params dense → compact | dense safetensors | compact safetensors | sparse | gzip (compact) | bound | sparse / bound | `export --sparse` file (/ bound) | ONNX dense → compact | ONNX compact, sparse initializers | latency dense → compact (1 sample) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | rate | params dense → compact | dense safetensors | compact safetensors | sparse | gzip (compact) | bound | sparse / bound | `export --sparse` file (/ bound) | ONNX dense → compact | ONNX compact, sparse initializers | latency dense → compact (1 sample) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d, c = r["dense"], r["compact"]
@@ -139,7 +147,7 @@ def render(rows: list[dict], quick: bool) -> str:
             f" (base {r['config']['base_width']})" if "base_width" in r["config"] else ""
         )
         lines.append(
-            f"| {name} | {r['rate']:g} | {d['params']:,} → {c['params']:,} | {kb(d['bytes_dense'])} | {kb(c['bytes_dense'])} | "
+            f"| {name} | {r['method']} | {r['rate']:g} | {d['params']:,} → {c['params']:,} | {kb(d['bytes_dense'])} | {kb(c['bytes_dense'])} | "
             f"{kb(c['bytes_sparse'])} | {kb(c['bytes_gzip'])} | {kb(c['bytes_bound'])} | {c['bytes_sparse'] / c['bytes_bound']:.2f} | "
             f"{kb(c['bytes_export_sparse'])} ({c['bytes_export_sparse'] / c['bytes_bound']:.2f}) | "
             f"{kb(d['bytes_onnx'])} → {kb(c['bytes_onnx'])} | {kb(c['bytes_onnx_sparse'])} | {d['latency_ms']:.3f} → {c['latency_ms']:.3f} ms |"

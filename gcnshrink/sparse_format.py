@@ -56,6 +56,9 @@ _DTYPES = {
     "U8": (torch.uint8, "u1"),
     "BOOL": (torch.bool, "?"),
 }
+for _code, _bits in (("U16", 16), ("U32", 32), ("U64", 64)):  # torch >= 2.3 has these
+    if hasattr(torch, f"uint{_bits}"):
+        _DTYPES[_code] = (getattr(torch, f"uint{_bits}"), f"<u{_bits // 8}")
 _CODE_BY_TORCH = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
 # Unsigned dtypes for index arrays, narrowest first.
 _INDEX_DTYPES = {"U8": "<u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}

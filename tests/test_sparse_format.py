@@ -79,6 +79,7 @@ def test_round_trip_awkward_values(tmp_path):
         "steps": torch.tensor(7),
         "index": torch.arange(12, dtype=torch.int32).reshape(3, 4),
         "flags": torch.tensor([True, False, True]),
+        "unsigned": torch.arange(6).to(torch.uint16),
     }
     path = tmp_path / "m.safetensors"
     report = save_tensors(path, tensors, {}, sparse=True)
@@ -86,7 +87,7 @@ def test_round_trip_awkward_values(tmp_path):
     assert_same(loaded, tensors)
     assert metadata == {}
     assert torch.signbit(loaded["special"][0, 0])
-    for name in ("steps", "index", "flags", "scalar", "empty"):
+    for name in ("steps", "index", "flags", "unsigned", "scalar", "empty"):
         assert report["tensors"][name]["encoding"] == "dense"
 
 
