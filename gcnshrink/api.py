@@ -148,11 +148,7 @@ def prune(
         on_step=pruner.on_step,
         deliverable=lambda m: pruner.deliverable(),
         selectable=pruner.selectable,
-        status=lambda: (
-            f"sparsity {realized_rate(pruner.final_masks()):.2%}"
-            if pruner.selectable()
-            else "ramping"
-        ),
+        status=pruner.status,
     )
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress

@@ -72,7 +72,7 @@ class FineTuneHooks:
     selectable: Callable[[], bool] | None = (
         None  # may this state be selected (masks meet the rate)?
     )
-    status: Callable[[], str] | None = None  # e.g. current sparsity, for the progress bar
+    status: Callable[[], str] | None = None  # training state for the progress bar (keep it cheap)
 
 
 @dataclass
@@ -163,7 +163,7 @@ def fit(
                 if best
                 else f"loss {record['loss']:.3f}"
             )
-            if hooks.status:
+            if hooks.status and config.progress:
                 info += "  " + hooks.status()
             progress.update(task, advance=1, info=info)
     if (

@@ -167,6 +167,16 @@ def test_final_masks_are_the_projection_of_the_trained_subnetwork(threshold_quan
     assert g.topology_summary(final)["inconsistent_connections"] == 0
 
 
+def test_status_reports_the_trained_mask_against_the_budget():
+    model = gcn()
+    method = make_method("tcp", PruneSpec(0.9))
+    method.attach(model)
+    model(model.example_input(2, 12))
+    assert method.status() == (
+        f"trained mask {method.consistent_count():,} / budget {method.budget:,}"
+    )
+
+
 def test_posthoc_variant_is_the_projection_of_the_dense_weights():
     model = gcn(2)
     g, scores = prunable_scores(model)

@@ -246,6 +246,10 @@ class PruningMethod:
         """Whether the current training state may be selected (its masks meet the rate)."""
         return True
 
+    def status(self) -> str:
+        """A short, cheap description of the training state for the progress bar."""
+        return "" if self.selectable() else "ramping"
+
     # ---------------------------------------------------------------- result
     def final_masks(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         """Boolean keep-masks at exactly the requested rate from the current state."""

@@ -572,6 +572,10 @@ class TopologicallyConsistentPruning(ConsistentProjection):
     def consistent_count(self) -> int:
         return int(sum(float(m.detach().sum()) for m in self.controller.current.values()))
 
+    def status(self) -> str:
+        # the delivered masks always hold exactly the budget; the trained mask is near it
+        return f"trained mask {self.consistent_count():,} / budget {self.budget:,}"
+
     def final_masks(self) -> dict[str, torch.Tensor]:
         """The exact-budget projection of the subnetwork the fine-tune trained.
 
