@@ -177,6 +177,19 @@ def test_status_reports_the_trained_mask_against_the_budget():
     )
 
 
+@pytest.mark.parametrize("build", [gcn, stgcn])
+def test_projection_with_a_k_hint_is_the_same_projection(build):
+    model = build(4)
+    g, scores = prunable_scores(model)
+    spec = PruneSpec(0.98)
+    plain = consistent_budget_masks(g, scores, spec)
+    budget = global_budget({k: v.numel() for k, v in scores.items()}, spec.rate)
+    total = sum(v.numel() for v in scores.values())
+    for hint in (0, budget - 5, budget, budget + 3, 2 * budget, total - 1, total + 10):
+        hinted = consistent_budget_masks(g, scores, spec, k_hint=hint)
+        assert all(torch.equal(hinted[k], plain[k]) for k in plain), hint
+
+
 def test_posthoc_variant_is_the_projection_of_the_dense_weights():
     model = gcn(2)
     g, scores = prunable_scores(model)

@@ -70,6 +70,7 @@ def consistent_budget_masks(
     scores: dict[str, torch.Tensor],
     spec: PruneSpec,
     dense_masks: dict[str, torch.Tensor] | None = None,
+    k_hint: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Exactly c kept entries, all consistent, preferring high scores.
 
@@ -82,6 +83,10 @@ def consistent_budget_masks(
 
     With ``scope="layer"`` the budget is the sum of the per-tensor budgets and scores are ranked
     within each tensor, so each tensor keeps about its share.
+
+    ``k_hint`` is a guess of the k that suffices (tcp: the size of the trained mask, which ranks
+    first). The search then gallops up from c in steps that start at ``k_hint - c`` and doubles,
+    and bisects the last step: a handful of consistency passes instead of log2(n).
     """
     dense_masks = dense_masks or {}
     names = list(scores)
@@ -112,7 +117,17 @@ def consistent_budget_masks(
         return sum(int(masks[n].sum()) for n in names)
 
     lo, hi = budget, flat.numel()
-    best = consistent_top(hi)
+    best = None
+    if k_hint is not None:  # gallop: the first k >= c whose consistent part holds c entries
+        step = max(1, k_hint - budget)
+        while lo + step < hi:
+            cand = consistent_top(lo + step)
+            if count(cand) >= budget:
+                hi, best = lo + step, cand
+                break
+            lo, step = lo + step + 1, step * 2
+    if best is None:
+        best = consistent_top(hi)
     while lo < hi:
         mid = (lo + hi) // 2
         cand = consistent_top(mid)
@@ -597,7 +612,10 @@ class TopologicallyConsistentPruning(ConsistentProjection):
                 else torch.zeros_like(s, dtype=torch.bool)
             )
             preferred[name] = s + lead * in_trained.to(s.dtype)
-        return consistent_budget_masks(self.graph, preferred, self.spec, self.dense_masks())
+        trained_count = sum(int((trained[n].detach() > 0).sum()) for n in preferred if n in trained)
+        return consistent_budget_masks(
+            self.graph, preferred, self.spec, self.dense_masks(), k_hint=trained_count
+        )
 
 
 class PosthocConsistentPruning(ConsistentProjection):
