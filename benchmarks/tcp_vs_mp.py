@@ -180,8 +180,10 @@ def render(result: dict, datasets, methods, rates) -> str:
     a = result["args"]
     command = f"python benchmarks/tcp_vs_mp.py --datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
     lines = [f"Command: `{command}`", ""]
+    seeds = a["seeds"]
+    spread = f"mean ± std over seeds {seeds}" if "," in seeds else f"seed {seeds}"
     lines.append(
-        f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs with Adam at {result['args']['lr']:g}. Test accuracy, mean ± std over seeds {result['args']['seeds']}."
+        f"Dense training {result['args']['epochs']} epochs; every method fine-tuned {result['args']['finetune']} epochs with Adam at {result['args']['lr']:g}. Test accuracy, {spread}."
     )
     incons_header = ["mp kept weights inconsistent"] if "mp" in methods else []
     for spec in datasets:
