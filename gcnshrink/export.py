@@ -114,8 +114,12 @@ def export_model(
         }
         if is_sparse:
             entry["bytes_bound"] = info["bytes_bound"]
+            entry["bound_ratio_tensors"] = info["bound_ratio_tensors"]
+            entry["bytes_metadata"] = info["bytes_metadata"]
             entry["note"] = (
-                f"bound {info['bytes_bound']:,} B (values + cheaper index encoding); ratio {info['bound_ratio']:.3f}"
+                f"{info['bound_ratio_tensors']:.3f}x the bound of {info['bytes_bound']:,} B "
+                f"(kept values + cheaper index encoding), plus {info['bytes_metadata']:,} B "
+                f"of gcnshrink metadata"
             )
         summary["files"].append(entry)
 

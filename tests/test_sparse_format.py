@@ -158,6 +158,11 @@ def test_size_within_ten_percent_of_bound(tmp_path):
     report = save_tensors(path, realistic_state_dict(), {"arch": "stgcn"}, sparse=True)
     assert report["bytes_file"] == path.stat().st_size
     assert report["bytes_file"] <= 1.10 * report["bytes_bound"], report["bound_ratio"]
+    # the report separates what the caller's metadata adds from the tensors
+    bare = save_tensors(tmp_path / "bare.safetensors", realistic_state_dict(), {}, sparse=True)
+    assert bare["bytes_metadata"] == 0
+    assert report["bytes_metadata"] == report["bytes_file"] - bare["bytes_file"] > 0
+    assert report["bound_ratio_tensors"] == pytest.approx(bare["bound_ratio"])
     # and a lot smaller than the dense file
     assert report["bytes_file"] < 0.1 * size_report(realistic_state_dict())["bytes_dense"]
 
