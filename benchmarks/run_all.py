@@ -22,6 +22,7 @@ def runs(results: Path) -> list[list]:
             "--methods", "structured,tcp", "--rates", "0.9,0.95,0.99", *TRAINING,
             "--out", results / "structured_vs_tcp_hands",
         ],
+        ["tcp_ablations.py", "--out", results / "tcp_ablations"],
         ["export_sizes.py", "--out", results / "export_sizes"],
     ]  # fmt: skip
 
