@@ -505,7 +505,7 @@ def export(
         ckpt,
         output,
         calibration=calib,
-        onnx=onnx or int8,
+        onnx=onnx,
         safetensors=safetensors,
         sparse=sparse,
         fp16=fp16,

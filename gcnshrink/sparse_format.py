@@ -56,9 +56,13 @@ _DTYPES = {
     "U8": (torch.uint8, "u1"),
     "BOOL": (torch.bool, "?"),
 }
-for _code, _bits in (("U16", 16), ("U32", 32), ("U64", 64)):  # torch >= 2.3 has these
-    if hasattr(torch, f"uint{_bits}"):
-        _DTYPES[_code] = (getattr(torch, f"uint{_bits}"), f"<u{_bits // 8}")
+_DTYPES.update(  # torch >= 2.3 has these
+    {
+        f"U{bits}": (getattr(torch, f"uint{bits}"), f"<u{bits // 8}")
+        for bits in (16, 32, 64)
+        if hasattr(torch, f"uint{bits}")
+    }
+)
 _CODE_BY_TORCH = {torch_dtype: code for code, (torch_dtype, _) in _DTYPES.items()}
 # Unsigned dtypes for index arrays, narrowest first.
 _INDEX_DTYPES = {"U8": "<u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}
@@ -225,13 +229,13 @@ def _encode(
             plan.encoding, plan.payload = "dense", plan.dense_bytes
         arrays = {plan.name: plan.tensor for plan in plans}
     data = safetensors.torch.save(arrays, metadata=metadata or None)
-    # what the caller's metadata (gcnshrink's config, classes, provenance) adds to the file: the
-    # size goal is about tensors, so the report separates the two
-    user_metadata = {k: v for k, v in metadata.items() if k != SPARSE_KEY}
-    metadata_bytes = 0
-    if user_metadata:
-        tensors_only = {k: v for k, v in metadata.items() if k == SPARSE_KEY}
-        metadata_bytes = len(data) - len(safetensors.torch.save(arrays, tensors_only or None))
+    # what the caller's metadata (gcnshrink's config, classes, provenance) adds to a sparse file:
+    # the size goal is about tensors, so the report separates the two. Measured by serializing
+    # the (small) sparse file again without it; dense files have no size goal and skip this.
+    metadata_bytes = None
+    if sparse:
+        manifest_only = {SPARSE_KEY: metadata[SPARSE_KEY]}
+        metadata_bytes = len(data) - len(safetensors.torch.save(arrays, manifest_only))
 
     payload = sum(p.payload for p in plans)
     bound = sum(p.bound for p in plans)
@@ -256,7 +260,13 @@ def _encode(
         # file / bound, with and without the caller's metadata; the size goal for the tensors of
         # a sparse file is <= 1.10
         "bound_ratio": len(data) / bound if bound else float("inf"),
-        "bound_ratio_tensors": (len(data) - metadata_bytes) / bound if bound else float("inf"),
+        "bound_ratio_tensors": (
+            None
+            if metadata_bytes is None
+            else (len(data) - metadata_bytes) / bound
+            if bound
+            else float("inf")
+        ),
     }
     return data, report
 
@@ -274,8 +284,9 @@ def save_tensors(
 
     ``dtype`` (e.g. ``torch.float16``) casts every floating tensor first; integer tensors are
     never cast. Returns a report: per tensor ``encoding``/``bytes``/``bytes_bound``, and totals
-    ``bytes_file``, ``bytes_payload``, ``bytes_overhead``, ``bytes_bound``, ``bytes_metadata``
-    (what ``metadata`` adds), ``bound_ratio`` and ``bound_ratio_tensors`` (without the metadata).
+    ``bytes_file``, ``bytes_payload``, ``bytes_overhead``, ``bytes_bound``, ``bound_ratio``, and
+    for sparse files ``bytes_metadata`` (what ``metadata`` adds) and ``bound_ratio_tensors``
+    (without it; both None for dense files).
     The bound is, per tensor, the cheaper of dense bytes and kept-value bytes plus the cheaper
     index encoding (bitmask or CSR); the file adds only the header on top.
     """

@@ -6,31 +6,14 @@ import math
 
 import pytest
 import torch
+from tiny_zoo import tiny_gcn, tiny_stgcn
 from torch.nn.utils import prune as torch_prune
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.layouts import get_layout
-from gcnshrink.models import create_model
 from gcnshrink.pruning import PruneSpec, make_method, realized_rate
 from gcnshrink.pruning.base import global_budget, latent_weight
 
-
-def gcn(seed=0):
-    torch.manual_seed(seed)
-    return create_model(
-        "gcn",
-        num_classes=5,
-        layout=get_layout("hand21"),
-        heads=2,
-        head_width=8,
-        key_width=4,
-        hidden=16,
-    )
-
-
-def stgcn(seed=0):
-    torch.manual_seed(seed)
-    return create_model("stgcn", num_classes=5, layout=get_layout("sbu15"), base_width=4)
+gcn, stgcn = tiny_gcn, tiny_stgcn
 
 
 def attach(model, method, rate, **kw):

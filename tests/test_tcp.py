@@ -2,9 +2,8 @@
 
 import pytest
 import torch
+from tiny_zoo import tiny_gcn, tiny_stgcn
 
-from gcnshrink.layouts import get_layout
-from gcnshrink.models import create_model
 from gcnshrink.pruning import PruneSpec, make_method
 from gcnshrink.pruning.base import global_budget, score_weights
 from gcnshrink.pruning.tcp import consistent_budget_masks
@@ -12,21 +11,11 @@ from gcnshrink.units import masks_from_weights
 
 
 def gcn(seed=0):
-    torch.manual_seed(seed)
-    return create_model(
-        "gcn",
-        num_classes=6,
-        layout=get_layout("hand21"),
-        heads=2,
-        head_width=8,
-        key_width=4,
-        hidden=16,
-    )
+    return tiny_gcn(seed, num_classes=6)
 
 
 def stgcn(seed=0):
-    torch.manual_seed(seed)
-    return create_model("stgcn", num_classes=6, layout=get_layout("sbu15"), base_width=4)
+    return tiny_stgcn(seed, num_classes=6)
 
 
 def prunable_scores(model):

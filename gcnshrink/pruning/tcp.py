@@ -604,7 +604,7 @@ class TopologicallyConsistentPruning(ConsistentProjection):
             trained = self.controller.compute()
         scores = score_weights(self.latent(), self.score)
         lead = max(float(s.max()) for s in scores.values()) + 1.0
-        preferred = {}
+        preferred, trained_count = {}, 0
         for name, s in scores.items():
             in_trained = (
                 trained[name].detach() > 0
@@ -612,7 +612,7 @@ class TopologicallyConsistentPruning(ConsistentProjection):
                 else torch.zeros_like(s, dtype=torch.bool)
             )
             preferred[name] = s + lead * in_trained.to(s.dtype)
-        trained_count = sum(int((trained[n].detach() > 0).sum()) for n in preferred if n in trained)
+            trained_count += int(in_trained.sum())
         return consistent_budget_masks(
             self.graph, preferred, self.spec, self.dense_masks(), k_hint=trained_count
         )
