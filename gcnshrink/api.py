@@ -16,11 +16,11 @@ from gcnshrink.checkpoint import Checkpoint, file_sha256, load_checkpoint, prove
 from gcnshrink.data import SkeletonData, load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.graph import masks_from_weights
 from gcnshrink.measure import weight_counts
 from gcnshrink.models import SkeletonModel, create_model
 from gcnshrink.pruning import PruneSpec, make_method, realized_rate
 from gcnshrink.train import FineTuneHooks, TrainConfig, evaluate, fit
-from gcnshrink.units import masks_from_weights
 
 
 def as_data(data: SkeletonData | str, seed: int = 0) -> SkeletonData:
@@ -29,24 +29,6 @@ def as_data(data: SkeletonData | str, seed: int = 0) -> SkeletonData:
 
 def as_checkpoint(model: Checkpoint | str | Path, **load_options) -> Checkpoint:
     return model if isinstance(model, Checkpoint) else load_checkpoint(model, **load_options)
-
-
-def check_compatible(ckpt: Checkpoint, data: SkeletonData) -> None:
-    cfg = ckpt.config
-    layout = cfg["layout"]
-    if cfg["num_classes"] != data.num_classes:
-        raise GcnshrinkError(
-            f"model has {cfg['num_classes']} classes, data {data.spec!r} has {data.num_classes}"
-        )
-    if layout["num_joints"] != data.num_joints or layout["persons"] != data.persons:
-        raise GcnshrinkError(
-            f"model expects V={layout['num_joints']} joints × M={layout['persons']} persons, "
-            f"data {data.spec!r} has V={data.num_joints}, M={data.persons}"
-        )
-    if cfg.get("in_channels", data.in_channels) != data.in_channels:
-        raise GcnshrinkError(
-            f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}"
-        )
 
 
 # ---------------------------------------------------------------------------- train / eval
@@ -92,7 +74,7 @@ def evaluate_checkpoint(
 ) -> dict:
     ckpt = as_checkpoint(model)
     data = as_data(data, seed)
-    check_compatible(ckpt, data)
+    ckpt.check_compatible(data)
     return evaluate(ckpt.build_model(), data.x_test, data.y_test, data.num_classes)
 
 
@@ -136,7 +118,7 @@ def prune(
     source_path = model if isinstance(model, (str, Path)) else source_path
     source_hash = file_sha256(source_path) if source_path is not None else None
     data = as_data(data, seed)
-    check_compatible(ckpt, data)
+    ckpt.check_compatible(data)
     torch.manual_seed(seed)
     pruner = make_method(method, spec, seed=seed, **method_options)
     dense_model = ckpt.build_model()

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 
 from gcnshrink import __version__
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.files import atomic_write
 from gcnshrink.layouts import LAYOUTS, Layout, get_layout
 from gcnshrink.models import SkeletonModel, create_model, model_class
 
@@ -89,6 +88,24 @@ class Checkpoint:
             "masks": self.masks,
         }
 
+    def check_compatible(self, data) -> None:
+        """Refuse data whose classes, joints, persons or channels the model cannot take."""
+        cfg = self.config
+        layout = cfg["layout"]
+        if cfg["num_classes"] != data.num_classes:
+            raise GcnshrinkError(
+                f"model has {cfg['num_classes']} classes, data {data.spec!r} has {data.num_classes}"
+            )
+        if layout["num_joints"] != data.num_joints or layout["persons"] != data.persons:
+            raise GcnshrinkError(
+                f"model expects V={layout['num_joints']} joints × M={layout['persons']} persons, "
+                f"data {data.spec!r} has V={data.num_joints}, M={data.persons}"
+            )
+        if cfg.get("in_channels", data.in_channels) != data.in_channels:
+            raise GcnshrinkError(
+                f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}"
+            )
+
     @property
     def layout(self) -> Layout:
         return Layout.from_dict(self.config["layout"])
@@ -149,32 +166,12 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write(path: str | Path, write, force: bool = False) -> Path:
-    """Write via a temporary file in the same folder, then rename: never a half-written output."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise GcnshrinkError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the user's usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, force: bool = False) -> Path:
     # everything but tensors goes through JSON first, so the file always loads with weights_only
     payload = ckpt.to_dict()
     for key in ("config", "class_names", "provenance", "pruning"):
         payload[key] = json.loads(json.dumps(payload[key], default=str))
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force, to_path=True)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -497,7 +494,6 @@ def import_foreign(
 __all__ = [
     "Checkpoint",
     "LAYOUTS",
-    "atomic_write",
     "checkpoint_metadata",
     "file_sha256",
     "load_checkpoint",

@@ -1,7 +1,7 @@
 """Structural compaction: remove dead units so a pruned model really gets smaller.
 
 Pruning leaves exact zeros in the weights (the masks are baked in). Compaction reads the model's unit
-graph (:mod:`gcnshrink.units`), decides which units of each hidden space can go without changing the
+graph (:mod:`gcnshrink.graph`), decides which units of each hidden space can go without changing the
 logits, folds the constant activations of removed units into the next biases, cuts every tensor
 that indexes a removed unit, and builds a smaller model of the same architecture from
 ``model.compacted_config(kept)``. The logits of the compacted model are checked on a calibration
@@ -58,8 +58,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.graph import Link, UnitGraph, masks_from_weights
 from gcnshrink.models.registry import SkeletonModel, create_model
-from gcnshrink.units import Link, UnitGraph, masks_from_weights
 
 # why a unit was removed
 USELESS = "useless"

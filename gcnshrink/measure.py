@@ -19,9 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from gcnshrink.checkpoint import Checkpoint, load_checkpoint
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
+from gcnshrink.graph import masks_from_weights
 from gcnshrink.models import SkeletonModel, create_model
 from gcnshrink.sparse_format import size_report
-from gcnshrink.units import masks_from_weights
 
 DEFAULT_FRAMES = 32
 
@@ -163,10 +163,9 @@ def measure_model(
     ckpt = load_checkpoint(path, **(load_options or {}))
     out.update(measure_checkpoint(ckpt, flops=flops))
     if data is not None:
-        from gcnshrink.api import check_compatible
         from gcnshrink.train import evaluate
 
-        check_compatible(ckpt, data)
+        ckpt.check_compatible(data)
         out.update(evaluate(ckpt.build_model(), data.x_test, data.y_test, data.num_classes))
     if latency:
         out["latency_ms"] = torch_latency_ms(ckpt.build_model())

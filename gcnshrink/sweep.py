@@ -28,7 +28,6 @@ from rich.progress import (
 )
 
 from gcnshrink.checkpoint import (
-    atomic_write,
     file_sha256,
     load_checkpoint,
     provenance,
@@ -39,6 +38,7 @@ from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
+from gcnshrink.files import atomic_write
 from gcnshrink.measure import count_flops
 from gcnshrink.onnx_export import export_onnx, onnx_latency_ms
 from gcnshrink.pruning import METHODS, PruneSpec
@@ -103,7 +103,7 @@ def run_sweep(
     cells_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(model_path)
     data = load_data(data_spec, seed=0)
-    api.check_compatible(ckpt, data)
+    ckpt.check_compatible(data)
     calibration = data.x_val[:64]
     source_hash = file_sha256(model_path)
     grid = [(m, r, s) for m in methods for r in rates for s in seeds]
@@ -125,9 +125,7 @@ def run_sweep(
                 "realized_rate": 0.0,
                 **measure_deployable(ckpt.build_model(), data, calibration, Path(tmp)),
             }
-            atomic_write(
-                dense_file, lambda p: Path(p).write_text(json.dumps(dense, indent=2)), force=True
-            )
+            atomic_write(dense_file, json.dumps(dense, indent=2), force=True)
         bar.advance(task)
         for method, rate, seed in grid:
             name = cell_name(method, rate, seed)
@@ -166,11 +164,7 @@ def run_sweep(
                     seconds=time.perf_counter() - started,
                 ),
             }
-            atomic_write(
-                cell_file,
-                lambda p, rec=record: Path(p).write_text(json.dumps(rec, indent=2)),
-                force=True,
-            )
+            atomic_write(cell_file, json.dumps(record, indent=2), force=True)
             bar.advance(task)
     records = [
         json.loads((cells_dir / f"{cell_name(m, r, s)}.json").read_text()) for m, r, s in grid
@@ -183,10 +177,6 @@ def run_sweep(
         "records": records,
     }
     results_path = out_dir / "results.json"
-    atomic_write(
-        results_path,
-        lambda p: Path(p).write_text(json.dumps(results, indent=2, default=str)),
-        force=True,
-    )
+    atomic_write(results_path, json.dumps(results, indent=2, default=str), force=True)
     written = write_reports(load_results([results_path]), out_dir, force=True)
     return {"results": results_path, **written}

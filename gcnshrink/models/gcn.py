@@ -24,9 +24,9 @@ import math
 import torch
 from torch import nn
 
+from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 from gcnshrink.layouts import Layout
 from gcnshrink.models.registry import SkeletonModel, register
-from gcnshrink.units import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 
 DEFAULTS = {
     "in_channels": 3,

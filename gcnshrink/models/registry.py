@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.units import UnitGraph
+from gcnshrink.graph import UnitGraph
 
 _REGISTRY: dict[str, type[SkeletonModel]] = {}
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 from gcnshrink.layouts import Layout
 from gcnshrink.models.registry import SkeletonModel, register
-from gcnshrink.units import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 
 TEMPORAL_KERNEL = 9
 

@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.graph import TensorBinding, UnitGraph
 from gcnshrink.models import SkeletonModel, create_model
-from gcnshrink.units import TensorBinding, UnitGraph
 
 
 @dataclass

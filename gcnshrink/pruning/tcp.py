@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gcnshrink.graph.units import SIGNAL_LINKS, Link, TensorBinding, UnitGraph
 from gcnshrink.pruning.base import (
     HardMask,
     PruneSpec,
@@ -46,7 +47,6 @@ from gcnshrink.pruning.base import (
     latent_weight,
     score_weights,
 )
-from gcnshrink.units import SIGNAL_LINKS, Link, TensorBinding, UnitGraph
 
 
 # ---------------------------------------------------------------------------- the exact projection

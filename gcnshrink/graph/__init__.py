@@ -1,0 +1,28 @@
+"""The unit graph: which units each tensor connects, and what follows from it.
+
+- :mod:`gcnshrink.graph.units`: the structure (unit spaces, tensor bindings, links) and what is
+  derived from it once (coupled groups, flatten-derived spaces, incoming edges);
+- :mod:`gcnshrink.graph.propagation`: accessibility and co-accessibility, boolean and
+  differentiable, with the link semantics in one place;
+- :mod:`gcnshrink.graph.projection`: the exact consistent projection of scores onto a budget.
+"""
+
+from gcnshrink.graph.units import (
+    ActivationProbe,
+    AxisMap,
+    Link,
+    TensorBinding,
+    UnitGraph,
+    UnitSpace,
+    masks_from_weights,
+)
+
+__all__ = [
+    "ActivationProbe",
+    "AxisMap",
+    "Link",
+    "TensorBinding",
+    "UnitGraph",
+    "UnitSpace",
+    "masks_from_weights",
+]
