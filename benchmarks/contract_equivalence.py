@@ -90,11 +90,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     if args.compare:
-        differ = [
-            key
-            for key, cell in before["cells"].items()
-            if record["cells"].get(key) != cell
-        ]
+        differ = [key for key, cell in before["cells"].items() if record["cells"].get(key) != cell]
         for key in differ:
             print(f"DIFFERS {key}: before {before['cells'][key]} now {record['cells'].get(key)}")
         print(f"{len(before['cells']) - len(differ)} of {len(before['cells'])} cells identical")

@@ -54,13 +54,13 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, seed=0, progress=False)
     ckpt, dense = api.train(data, "gcn", config=config)
     print(f"dense test accuracy {dense['accuracy']:.3f}", flush=True)
-    trained_rule = TopologicallyConsistentPruning.final_masks
+    trained_rule = TopologicallyConsistentPruning.compute_masks
     rows = []
     for lr in [float(x) for x in args.lrs.split(",")]:
         for label, method, options, final in VARIANTS:
             # the earlier rule, restored for this measurement only: project the latent weights by
             # score, ignoring which subnetwork the fine-tune trained
-            TopologicallyConsistentPruning.final_masks = (
+            TopologicallyConsistentPruning.compute_masks = (
                 ConsistentProjection.projected_masks if final == "scores" else trained_rule
             )
             outcome = api.prune(
@@ -69,7 +69,7 @@ def main() -> None:
             )  # fmt: skip
             rows.append({"variant": label, "lr": lr, "accuracy": outcome.summary["accuracy"]})
             print(json.dumps(rows[-1]), flush=True)
-    TopologicallyConsistentPruning.final_masks = trained_rule
+    TopologicallyConsistentPruning.compute_masks = trained_rule
     out = Path(args.out)
     out.with_suffix(".json").write_text(
         json.dumps(

@@ -24,9 +24,10 @@ import torch
 from gcnshrink import api
 from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_LR
-from gcnshrink.pruning import PruneSpec, make_method
+from gcnshrink.graph import masks_from_weights
+from gcnshrink.graph.propagation import topology_summary
+from gcnshrink.pruning import PruneSpec, create_method
 from gcnshrink.train import TrainConfig
-from gcnshrink.units import masks_from_weights
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -34,7 +35,7 @@ RESULTS = Path(__file__).parent / "results"
 def inconsistent_fraction(model) -> float:
     graph = model.unit_graph()
     masks = masks_from_weights(graph, dict(model.named_parameters()))
-    summary = graph.topology_summary(masks)
+    summary = topology_summary(graph, masks)
     kept = sum(int(m.sum()) for m in masks.values())
     return summary["inconsistent_connections"] / max(kept, 1)
 
@@ -49,15 +50,16 @@ def step_times(ckpt, data, methods: list[str], rate: float, lr: float, steps: in
     runs = []
     for method in methods:
         model = ckpt.build_model().train()
-        pruner = make_method(method, PruneSpec(rate, allow_collapse=True))
-        pruner.attach(model)
+        pruner = create_method(method, PruneSpec((rate,), allow_collapse=True))
+        pruner.attach(model, model.unit_graph())
         runs.append((method, model, pruner, torch.optim.Adam(model.parameters(), lr=lr), []))
     x, y = data.x_train[:64], data.y_train[:64]
     for i in range(steps + 5):
         for _, model, pruner, optimizer, times in runs:
             start = time.perf_counter()
+            pruner.on_step(i / (steps + 4))  # tcp computes this step's masks here
             loss = torch.nn.functional.cross_entropy(model(x), y)
-            extra = pruner.extra_loss()
+            extra = pruner.loss()
             if extra is not None:
                 loss = loss + extra
             optimizer.zero_grad()

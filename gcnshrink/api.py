@@ -1,34 +1,41 @@
 """gcnshrink's verbs as Python functions; the CLI is a thin layer over these.
 
-For people with their own training loop: build a method with :func:`gcnshrink.pruning.make_method`,
-``method.attach(model)``, train as you like adding ``method.extra_loss()`` and calling
-``method.on_step(progress)``, then ``method.deliverable()`` is the pruned model at the exact rate.
+``train``, ``prune``, ``evaluate``, ``inspect``, ``compact``, ``export``, ``sweep``, ``report`` and
+``gate`` each take models as a :class:`~gcnshrink.checkpoint.Checkpoint` or a path and data as a
+:class:`~gcnshrink.data.SkeletonData` or a spec string, return plain data (dicts and dataclasses),
+and raise :class:`~gcnshrink.errors.GcnshrinkError` on bad input before any slow work.
+
+For people with their own training loop: ``method = gcnshrink.pruning.create_method(name, spec)``,
+``method.attach(model, model.unit_graph())``, train as you like calling ``method.on_step(progress)``
+before each forward pass and adding ``method.loss()``, then
+``gcnshrink.pruning.bake(model, method.masks_at(rate))`` is the pruned model at the exact rate
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gcnshrink.checkpoint import Checkpoint, file_sha256, load_checkpoint, provenance
-from gcnshrink.data import SkeletonData, load_data
-from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
+from gcnshrink.checkpoint import Checkpoint, provenance
+from gcnshrink.compact import compact_model
+from gcnshrink.data import SkeletonData
+from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.graph import masks_from_weights
-from gcnshrink.measure import weight_counts
+from gcnshrink.export import export_model
+from gcnshrink.gate import GateRun, budgets_from_options, run_gate
+from gcnshrink.measure import measure_accuracy, measure_model, model_accuracy
 from gcnshrink.models import SkeletonModel, create_model
-from gcnshrink.pruning import PruneSpec, make_method, realized_rate
-from gcnshrink.train import FineTuneHooks, TrainConfig, evaluate, fit
-
-
-def as_data(data: SkeletonData | str, seed: int = 0) -> SkeletonData:
-    return load_data(data, seed=seed) if isinstance(data, str) else data
-
-
-def as_checkpoint(model: Checkpoint | str | Path, **load_options) -> Checkpoint:
-    return model if isinstance(model, Checkpoint) else load_checkpoint(model, **load_options)
+from gcnshrink.prune import PruneOutcome, as_checkpoint, as_data, extract, prune
+from gcnshrink.report import write_reports
+from gcnshrink.results import load_results
+from gcnshrink.sweep import run_sweep
+from gcnshrink.train import TrainConfig, fit
+from gcnshrink.train import evaluate as test_metrics  # the name evaluate is the API verb
 
 
 # ---------------------------------------------------------------------------- train / eval
@@ -51,7 +58,7 @@ def train(
         **(model_config or {}),
     )
     result = fit(model, data, config, description=f"train {arch}")
-    test = evaluate(result.model, data.x_test, data.y_test, data.num_classes)
+    test = test_metrics(result.model, data.x_test, data.y_test, data.num_classes)
     prov = provenance(
         seed=config.seed, data=data.spec, epochs=config.epochs, best_epoch=result.best_epoch
     )
@@ -69,107 +76,217 @@ def train(
     return ckpt, summary
 
 
-def evaluate_checkpoint(
-    model: Checkpoint | str | Path, data: SkeletonData | str, seed: int = 0
+def _model_name(model: Checkpoint | str | os.PathLike) -> str | None:
+    return None if isinstance(model, Checkpoint) else str(model)
+
+
+def _load_options(arch: str | None, layout: str | None) -> dict:
+    """How to read a foreign checkpoint; ignored for gcnshrink's own files."""
+    return {"arch": arch, "layout": layout}
+
+
+def evaluate(
+    model: Checkpoint | str | os.PathLike,
+    data: SkeletonData | str,
+    *,
+    seed: int = 0,
+    arch: str | None = None,
+    layout: str | None = None,
 ) -> dict:
-    ckpt = as_checkpoint(model)
-    data = as_data(data, seed)
-    ckpt.check_compatible(data)
-    return evaluate(ckpt.build_model(), data.x_test, data.y_test, data.num_classes)
+    """Top-1 and mean per-class accuracy on the test split of a checkpoint, safetensors export or
+    ONNX file: ``{"model", "data", "accuracy", "mean_class_accuracy", "samples"}``."""
+    dataset = as_data(data, seed)
+    if isinstance(model, Checkpoint):
+        model.check_compatible(dataset)
+        metrics = model_accuracy(model.build_model(), dataset)
+    else:
+        metrics = measure_accuracy(model, dataset, load_options=_load_options(arch, layout))
+    return {
+        "model": _model_name(model),
+        "data": data if isinstance(data, str) else dataset.spec,
+        **metrics,
+    }
 
 
-# ---------------------------------------------------------------------------- prune
+def inspect(
+    model: str | os.PathLike,
+    *,
+    latency: bool = False,
+    arch: str | None = None,
+    layout: str | None = None,
+) -> dict:
+    """Everything :func:`gcnshrink.measure.measure_model` says about a model file, plus the
+    per-tensor table (``layers``) of a checkpoint or safetensors file; ``latency`` adds the ONNX
+    Runtime time of one sample."""
+    return measure_model(
+        model, latency=latency, layers=True, load_options=_load_options(arch, layout)
+    )
+
+
+# ---------------------------------------------------------------------------- compact / export
+def calibration_inputs(
+    ckpt: Checkpoint, data: SkeletonData | str | None = None, seed: int = 0, count: int = 64
+) -> tuple[torch.Tensor, SkeletonData]:
+    """Real inputs for compaction and parity checks: the validation split of ``data``, or of the
+    data the model was trained on (recorded in its provenance)."""
+    prov = ckpt.provenance or {}
+    data = data or prov.get("data") or (prov.get("source") or {}).get("data")
+    if not data:
+        raise GcnshrinkError("compaction checks the logits on real inputs: pass --data")
+    dataset = as_data(data, seed)
+    x = dataset.x_val if len(dataset.x_val) else dataset.x_train
+    return x[:count], dataset
+
+
 @dataclass
-class PruneOutcome:
-    checkpoint: Checkpoint
-    summary: dict
+class CompactOutcome:
+    checkpoint: Checkpoint  # the compacted model, with the source's classes, provenance, pruning
+    summary: dict  # CompactionResult.to_dict(): widths before/after per space, the logit check
     model: SkeletonModel
 
 
-def prune(
-    model: Checkpoint | str | Path,
-    data: SkeletonData | str,
+def compact(
+    model: Checkpoint | str | os.PathLike,
+    data: SkeletonData | str | None = None,
     *,
-    method: str = "mp",
-    rate: float = 0.9,
-    epochs: int = FINETUNE_EPOCHS,
     seed: int = 0,
-    scope: str = "global",
-    exclude: tuple[str, ...] | list[str] = (),
-    lr: float = FINETUNE_LR,
-    batch_size: int = 64,
-    device: str | None = None,
-    progress: bool = True,
-    allow_collapse: bool = False,
-    source_path: str | Path | None = None,
-    **method_options,
-) -> PruneOutcome:
-    """Prune a trained model as a masked fine-tune; the result is at exactly ``rate``.
+    arch: str | None = None,
+    layout: str | None = None,
+    source_path: str | os.PathLike | None = None,
+) -> CompactOutcome:
+    """Remove dead and disconnected units structurally; raises if the logits change on real inputs
+    (``data``, default: the model's training data)."""
+    ckpt = as_checkpoint(model, **_load_options(arch, layout))
+    source = source_path if isinstance(model, Checkpoint) else model
+    calibration, _ = calibration_inputs(ckpt, data, seed)
+    result = compact_model(ckpt.build_model(), calibration)
+    prov = dict(ckpt.provenance)
+    if source is not None:
+        prov["compacted_from"] = str(source)
+    out = Checkpoint.from_model(result.model, ckpt.class_names, prov, ckpt.pruning)
+    return CompactOutcome(out, result.to_dict(), result.model)
 
-    Every argument is checked before any training starts; a bad one raises GcnshrinkError.
-    """
-    spec = PruneSpec(rate, scope, tuple(exclude), allow_collapse)
-    spec.validate()
-    if epochs < 0:
-        raise GcnshrinkError(f"--epochs must be >= 0, got {epochs}")
-    ckpt = as_checkpoint(
-        model
-    )  # a missing or unreadable file is a clear error before anything else
-    source_path = model if isinstance(model, (str, Path)) else source_path
-    source_hash = file_sha256(source_path) if source_path is not None else None
-    data = as_data(data, seed)
-    ckpt.check_compatible(data)
-    torch.manual_seed(seed)
-    pruner = make_method(method, spec, seed=seed, **method_options)
-    dense_model = ckpt.build_model()
-    dense = evaluate(dense_model, data.x_test, data.y_test, data.num_classes)
-    working = ckpt.build_model().train()
-    pruner.attach(working, data)  # validates the budget before any work
-    hooks = FineTuneHooks(
-        extra_loss=pruner.extra_loss,
-        on_step=pruner.on_step,
-        deliverable=lambda m: pruner.deliverable(),
-        selectable=pruner.selectable,
-        status=pruner.status,
+
+def export(
+    model: Checkpoint | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    data: SkeletonData | str | None = None,
+    seed: int = 0,
+    onnx: bool = False,
+    safetensors: bool = False,
+    sparse: bool = False,
+    sparse_onnx: bool = False,
+    fp16: bool = False,
+    int8: bool = False,
+    force: bool = False,
+    arch: str | None = None,
+    layout: str | None = None,
+) -> dict:
+    """Compact, then write and verify the chosen files into ``out_dir`` (model.onnx and
+    model.sparse.safetensors when none is chosen); returns export.json's summary."""
+    if not (onnx or sparse_onnx or safetensors or sparse or int8):
+        onnx = sparse = True
+    ckpt = as_checkpoint(model, **_load_options(arch, layout))
+    calibration, _ = calibration_inputs(ckpt, data, seed)
+    return export_model(
+        ckpt,
+        out_dir,
+        calibration=calibration,
+        onnx=onnx,
+        safetensors=safetensors,
+        sparse=sparse,
+        fp16=fp16,
+        int8=int8,
+        sparse_onnx=sparse_onnx,
+        force=force,
     )
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress
+
+
+# ---------------------------------------------------------------------------- sweep / report / gate
+def sweep(
+    model: str | os.PathLike,
+    data: SkeletonData | str,
+    out_dir: str | os.PathLike,
+    *,
+    methods: Sequence[str] = ("mp", "tcp"),
+    rates: Sequence[float] = (0.5, 0.9, 0.95, 0.99),
+    epochs: int = FINETUNE_EPOCHS,
+    seeds: Sequence[int] = (0,),
+    progress: bool = True,
+    method_options: dict[str, dict] | None = None,
+) -> dict[str, Path]:
+    """Prune with every method at every rate (and seed), measure each compacted model, write
+    results.json and the reports into ``out_dir``; resumable. Returns {name: written path}."""
+    return run_sweep(
+        model,
+        data if isinstance(data, str) else data.spec,
+        out_dir,
+        methods=list(methods),
+        rates=list(rates),
+        epochs=epochs,
+        seeds=list(seeds),
+        progress=progress,
+        method_options=method_options,
     )
-    if epochs > 0:
-        result = fit(working, data, train_config, hooks, description=f"prune {method} @ {rate:g}")
-        pruned, best_epoch, seconds = result.model, result.best_epoch, result.seconds
-    else:
-        pruned, best_epoch, seconds = pruner.deliverable().cpu(), 0, 0.0
-    pruned = pruned.cpu().eval()
-    masks = masks_from_weights(pruned.unit_graph(), dict(pruned.named_parameters()))
-    in_scope = {b.name: masks[b.name] for b in pruner.targets}
-    test = evaluate(pruned, data.x_test, data.y_test, data.num_classes)
-    weights = weight_counts(pruned)
-    record = {
-        "method": method,
-        "rate": rate,
-        "realized_rate": realized_rate(in_scope),
-        "scope": scope,
-        "exclude": list(exclude),
-        "options": pruner.describe(),
-        "epochs": epochs,
-        "best_epoch": best_epoch,
-        "finetune_seconds": seconds,
-    }
-    prov = provenance(seed=seed, data=data.spec, source_sha256=source_hash, source=ckpt.provenance)
-    out_ckpt = Checkpoint.from_model(
-        pruned, ckpt.class_names or data.class_names, prov, pruning=record, masks=masks
+
+
+def report(
+    results: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Render report.md, report.html and the plots from one or more results.json files (a folder
+    means its results.json; several are compared). Returns {file name: path}."""
+    paths = [results] if isinstance(results, str | os.PathLike) else list(results)
+    return write_reports(load_results(paths), out_dir, force=force)
+
+
+def gate(
+    model: str | os.PathLike | None = None,
+    *,
+    data: str | os.PathLike | None = None,
+    config_dir: str | os.PathLike = ".",
+    baseline: str | os.PathLike | None = None,
+    warn_only: bool | None = None,
+    max_bytes: str | int | None = None,
+    max_params: str | int | None = None,
+    max_nonzero: str | int | None = None,
+    max_flops: str | int | None = None,
+    max_latency_ms: str | float | None = None,
+    min_accuracy: str | float | None = None,
+    max_accuracy_drop: str | float | None = None,
+) -> GateRun:
+    """Check ``model`` (default: the models configured in ``config_dir``) against budgets given
+    here (as in the CLI: "64KB", "20k", "80%") over those configured. ``result.exit_code`` is 0
+    within budget, 1 over; bad input raises."""
+    overrides = budgets_from_options(
+        max_bytes=max_bytes,
+        max_params=max_params,
+        max_nonzero=max_nonzero,
+        max_flops=max_flops,
+        max_latency_ms=max_latency_ms,
+        min_accuracy=min_accuracy,
+        max_accuracy_drop=max_accuracy_drop,
+        baseline=baseline,
+        warn_only=warn_only,
     )
-    summary = {
-        **record,
-        "accuracy": test["accuracy"],
-        "mean_class_accuracy": test["mean_class_accuracy"],
-        "dense_accuracy": dense["accuracy"],
-        "dense_mean_class_accuracy": dense["mean_class_accuracy"],
-        "params": weights["params"],
-        "nonzero": weights["nonzero"],
-        "inconsistent_connections": weights["inconsistent_connections"],
-        "dead_units": weights["dead_units"],
-        "seed": seed,
-    }
-    return PruneOutcome(out_ckpt, summary, pruned)
+    return run_gate(model, overrides, data=data, config_dir=config_dir)
+
+
+__all__ = [
+    "CompactOutcome",
+    "PruneOutcome",
+    "calibration_inputs",
+    "compact",
+    "evaluate",
+    "export",
+    "extract",
+    "gate",
+    "inspect",
+    "prune",
+    "report",
+    "sweep",
+    "train",
+]

@@ -3,13 +3,17 @@
 Our ``.pt`` files are a plain dict of tensors, strings, numbers, lists and dicts, saved with
 ``torch.save`` and always read back with ``torch.load(..., weights_only=True)``: nothing in a
 checkpoint can run code. Keys: ``format`` ("gcnshrink/1"), ``arch``, ``config``, ``state_dict``,
-``class_names``, ``provenance``, ``pruning`` (None for a dense model) and ``masks`` (boolean keep
-masks of the prunable tensors, or None).
+``class_names``, ``provenance``, ``pruning`` (None for a dense model), ``masks`` (boolean keep
+masks of the prunable tensors, or None) and ``method_state`` (a multi-rate checkpoint's method
+state, tensors and plain data, or None; its ``state_dict`` then holds the latent weights and
+``pruning["multi_rate"]`` is true).
 
 Foreign checkpoints (bare state dicts, ``{"state_dict"|"model"|"net"|"model_state_dict": ...}``
 wrappers, ``module.``/``model.``/``backbone.`` prefixes, pyskl's ``{meta, state_dict}``) are
-unwrapped, renamed onto our keys, and their architecture and config are inferred from key and shape
-signatures; ``arch``/``layout``/``config`` arguments override the inference.
+unwrapped here; the registered architecture whose key signature they match
+(``SkeletonModel.recognizes``) renames them onto its keys and infers its config from the shapes
+(``SkeletonModel.import_state``, next to each model). ``arch``/``layout``/``config`` arguments
+override the inference.
 """
 
 from __future__ import annotations
@@ -27,12 +31,23 @@ from gcnshrink import __version__
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.files import atomic_write
 from gcnshrink.layouts import LAYOUTS, Layout, get_layout
-from gcnshrink.models import SkeletonModel, create_model, model_class
+from gcnshrink.models import (
+    ModelConfig,
+    SkeletonModel,
+    available_models,
+    model_class,
+    recognizing_models,
+)
 
 FORMAT = "gcnshrink/1"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 SHARED_PREFIXES = ("module.", "model.", "backbone.")
-LAYOUT_BY_JOINTS = {25: "ntu25", 18: "openpose18", 17: "coco17", 15: "sbu15", 21: "hand21"}
+# checkpoints of architectures that are not in the zoo yet: (key prefix, name, future arch name)
+NOT_IN_ZOO = (
+    ("l1.gcn1.conv_a", "2s-AGCN", "agcn"),
+    ("l1.gcn1.convs.0.conv1", "CTR-GCN", "ctrgcn"),
+    ("gcn3d1.", "MS-G3D", "msg3d"),
+)
 
 
 @dataclass
@@ -44,11 +59,25 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)
     pruning: dict | None = None
     masks: dict[str, torch.Tensor] | None = None
+    # a multi-rate checkpoint's method state (tensors and plain data): what extraction needs
+    method_state: dict | None = None
+
+    @property
+    def arch_config(self) -> ModelConfig:
+        """The validated config of the architecture (its accessors: classes, channels, layout)."""
+        cls = model_class(self.arch)  # an unknown architecture is its own clear line
+        try:
+            return cls.config_class.from_dict(self.config)
+        except GcnshrinkError as exc:
+            raise GcnshrinkError(
+                f"cannot build {self.arch!r} from the checkpoint's config: {exc}"
+            ) from None
 
     def build_model(self) -> SkeletonModel:
         """The model with these weights, in eval mode. Shape mismatches are one clear line."""
+        config = self.arch_config
         try:
-            model = create_model(self.arch, **self.config)
+            model = model_class(self.arch)(config)
         except (KeyError, ValueError, TypeError) as exc:
             raise GcnshrinkError(
                 f"cannot build {self.arch!r} from the checkpoint's config: {exc}"
@@ -64,6 +93,7 @@ class Checkpoint:
         provenance: dict,
         pruning: dict | None = None,
         masks=None,
+        method_state: dict | None = None,
     ) -> Checkpoint:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return cls(
@@ -74,6 +104,7 @@ class Checkpoint:
             provenance,
             pruning,
             masks,
+            method_state,
         )
 
     def to_dict(self) -> dict:
@@ -86,29 +117,29 @@ class Checkpoint:
             "provenance": self.provenance,
             "pruning": self.pruning,
             "masks": self.masks,
+            "method_state": self.method_state,
         }
 
     def check_compatible(self, data) -> None:
         """Refuse data whose classes, joints, persons or channels the model cannot take."""
-        cfg = self.config
-        layout = cfg["layout"]
-        if cfg["num_classes"] != data.num_classes:
+        cfg = self.arch_config
+        if cfg.num_classes != data.num_classes:
             raise GcnshrinkError(
-                f"model has {cfg['num_classes']} classes, data {data.spec!r} has {data.num_classes}"
+                f"model has {cfg.num_classes} classes, data {data.spec!r} has {data.num_classes}"
             )
-        if layout["num_joints"] != data.num_joints or layout["persons"] != data.persons:
+        if cfg.layout.num_joints != data.num_joints or cfg.layout.persons != data.persons:
             raise GcnshrinkError(
-                f"model expects V={layout['num_joints']} joints × M={layout['persons']} persons, "
+                f"model expects V={cfg.layout.num_joints} joints × M={cfg.layout.persons} persons, "
                 f"data {data.spec!r} has V={data.num_joints}, M={data.persons}"
             )
-        if cfg.get("in_channels", data.in_channels) != data.in_channels:
+        if cfg.in_channels != data.in_channels:
             raise GcnshrinkError(
-                f"model expects C={cfg['in_channels']} channels, data has {data.in_channels}"
+                f"model expects C={cfg.in_channels} channels, data has {data.in_channels}"
             )
 
     @property
     def layout(self) -> Layout:
-        return Layout.from_dict(self.config["layout"])
+        return self.arch_config.layout
 
 
 def json_safe(obj):
@@ -223,6 +254,7 @@ def load_checkpoint(
             obj.get("provenance") or {},
             obj.get("pruning"),
             obj.get("masks"),
+            obj.get("method_state"),
         )
     return import_foreign(
         obj, path, arch=arch, layout=layout, num_classes=num_classes, config=config
@@ -295,194 +327,39 @@ def _is_tensor_map(d: dict) -> bool:
     )
 
 
-def rename_pyskl_stgcn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """pyskl's STGCN (gcn_adaptive='importance', unit_tcn) onto the original ST-GCN keys.
-
-    pyskl puts the BN+ReLU after the graph aggregation inside ``gcn`` and its temporal unit is
-    conv+BN; the original puts that BN first in ``tcn``. The computation is the same, so the
-    parameters map one to one: gcn.bn -> tcn.0, tcn.conv -> tcn.2, tcn.bn -> tcn.3,
-    residual.{conv,bn} -> residual.{0,1}, gcn.PA -> edge_importance.i, cls_head.fc_cls -> fcn.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "gcn" and len(parts) > 3:
-            i, unit, rest = parts[1], parts[2], ".".join(parts[3:])
-            if unit == "gcn" and rest == "PA":
-                out[f"edge_importance.{i}"] = value
-            elif unit == "gcn" and rest == "A":
-                out.setdefault("A", value)
-            elif unit == "gcn" and rest.startswith("bn."):
-                out[f"st_gcn_networks.{i}.tcn.0.{rest[3:]}"] = value
-            elif unit == "gcn" and rest.startswith("conv."):
-                out[f"st_gcn_networks.{i}.gcn.conv.{rest[5:]}"] = value
-            elif unit == "tcn" and rest.startswith("conv."):
-                out[f"st_gcn_networks.{i}.tcn.2.{rest[5:]}"] = value
-            elif unit == "tcn" and rest.startswith("bn."):
-                out[f"st_gcn_networks.{i}.tcn.3.{rest[3:]}"] = value
-            elif unit == "residual" and rest.startswith("conv."):
-                out[f"st_gcn_networks.{i}.residual.0.{rest[5:]}"] = value
-            elif unit == "residual" and rest.startswith("bn."):
-                out[f"st_gcn_networks.{i}.residual.1.{rest[3:]}"] = value
-            else:
-                raise GcnshrinkError(
-                    f"unsupported pyskl STGCN key {'backbone.' + key!r} (only the default importance/unit_tcn variant imports)"
-                )
-        elif key.startswith("cls_head.fc_cls."):
-            param = key.rsplit(".", 1)[1]
-            out[f"fcn.{param}"] = value[:, :, None, None] if param == "weight" else value
-        else:
-            out[key] = value
-    return out
-
-
-def infer_arch(state: dict[str, torch.Tensor]) -> str:
-    if any(k.startswith("st_gcn_networks.") for k in state):
-        return "stgcn"
-    if any(k.startswith("gcn.") and ".gcn." in k for k in state) and any(
-        k.startswith("cls_head.") for k in state
-    ):
-        return "pyskl-stgcn"
-    if any(k.startswith("blocks.") and k.endswith("query.weight") for k in state):
-        return "gcn"
-    if any(k.startswith("l1.gcn1.conv_a") for k in state):
+def recognize_architecture(state: dict[str, torch.Tensor]) -> str:
+    """The one registered architecture whose key signature ``state`` has, or one clear line."""
+    matches = recognizing_models(state)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
         raise GcnshrinkError(
-            "this is a 2s-AGCN checkpoint; gcnshrink's zoo has gcn and stgcn, not agcn yet"
+            f"the checkpoint's keys fit several architectures ({', '.join(matches)}); pass --arch"
         )
-    if any(k.startswith("l1.gcn1.convs.0.conv1") for k in state):
-        raise GcnshrinkError(
-            "this is a CTR-GCN checkpoint; gcnshrink's zoo has gcn and stgcn, not ctrgcn yet"
-        )
-    if any(k.startswith("gcn3d1.") for k in state):
-        raise GcnshrinkError(
-            "this is an MS-G3D checkpoint; gcnshrink's zoo has gcn and stgcn, not msg3d yet"
-        )
+    for prefix, name, arch in NOT_IN_ZOO:
+        if any(k.startswith(prefix) for k in state):
+            zoo = available_models()
+            listed = ", ".join(zoo[:-1]) + " and " + zoo[-1] if len(zoo) > 1 else zoo[0]
+            raise GcnshrinkError(
+                f"this is a {name} checkpoint; gcnshrink's zoo has {listed}, not {arch} yet"
+            )
     raise GcnshrinkError("cannot tell the architecture from the checkpoint's keys; pass --arch")
-
-
-def infer_stgcn_config(
-    state: dict[str, torch.Tensor], layout: Layout | None, num_classes: int | None
-) -> dict:
-    if "A" not in state:
-        raise GcnshrinkError("ST-GCN checkpoint has no adjacency buffer 'A'")
-    k, v = int(state["A"].shape[0]), int(state["A"].shape[1])
-    if k != 3:
-        raise GcnshrinkError(f"only ST-GCN with spatial partitioning (K=3) imports; 'A' has K={k}")
-    i, blocks = 0, []
-    while f"st_gcn_networks.{i}.gcn.conv.weight" in state:
-        w = state[f"st_gcn_networks.{i}.gcn.conv.weight"]
-        t = state[f"st_gcn_networks.{i}.tcn.2.weight"]
-        mid, c_in, out = w.shape[0] // k, w.shape[1], t.shape[0]
-        stride = _stride_guess(blocks, i, out)
-        if f"st_gcn_networks.{i}.residual.0.weight" in state:
-            residual = "conv"
-        else:
-            residual = "none" if i == 0 else "identity"
-        blocks.append(
-            {
-                "in": int(c_in),
-                "mid": int(mid),
-                "out": int(out),
-                "stride": stride,
-                "residual": residual,
-            }
-        )
-        i += 1
-    if not blocks:
-        raise GcnshrinkError("no st_gcn_networks.* blocks in the checkpoint")
-    in_channels = blocks[0]["in"]
-    bn_len = int(state["data_bn.weight"].shape[0])
-    if layout is None:
-        name = LAYOUT_BY_JOINTS.get(v)
-        if name is None:
-            raise GcnshrinkError(f"no built-in layout has {v} joints; pass --layout")
-        layout = get_layout(name)
-    if layout.num_joints != v:
-        raise GcnshrinkError(
-            f"layout {layout.name} has {layout.num_joints} joints but the checkpoint's 'A' has {v}"
-        )
-    if bn_len == v * in_channels:
-        data_bn = "VC"
-    elif bn_len == layout.persons * v * in_channels:
-        data_bn = "MVC"
-    else:
-        raise GcnshrinkError(
-            f"data_bn has {bn_len} entries; expected V·C={v * in_channels} or M·V·C"
-        )
-    classes = int(state["fcn.weight"].shape[0])
-    if num_classes is not None and num_classes != classes:
-        raise GcnshrinkError(f"checkpoint has {classes} classes, --num-classes says {num_classes}")
-    return {
-        "num_classes": classes,
-        "layout": layout.to_dict(),
-        "in_channels": in_channels,
-        "blocks": blocks,
-        "data_bn": data_bn,
-        "edge_importance": "edge_importance.0" in state,
-    }
-
-
-def _stride_guess(blocks: list[dict], i: int, out: int) -> int:
-    # Shapes do not record strides; ST-GCN downsamples exactly where the width grows after block 0.
-    return 2 if blocks and i > 0 and out > blocks[-1]["out"] else 1
-
-
-def infer_gcn_config(
-    state: dict[str, torch.Tensor], layout: Layout | None, heads: int = 8, chunks: int = 4
-) -> dict:
-    """A bare ``gcn`` state dict: widths from shapes; heads are assumed equal-width (8, the default)."""
-    blocks, b = [], 0
-    while f"blocks.{b}.value.weight" in state:
-        value_w = int(state[f"blocks.{b}.value.weight"].shape[0])
-        key_w = int(state[f"blocks.{b}.query.weight"].shape[0])
-        if value_w % heads or key_w % heads:
-            raise GcnshrinkError(
-                f"block {b} widths ({value_w}, {key_w}) do not split into {heads} equal heads; pass --config"
-            )
-        blocks.append(
-            {"value_widths": [value_w // heads] * heads, "key_widths": [key_w // heads] * heads}
-        )
-        b += 1
-    in_width = int(state["blocks.0.value.weight"].shape[1])
-    nodes = int(state["fc.weight"].shape[1]) // sum(blocks[-1]["value_widths"])
-    if layout is None:
-        candidates = [lay for lay in LAYOUTS.values() if lay.num_joints * lay.persons == nodes]
-        if len(candidates) != 1:
-            raise GcnshrinkError(
-                f"cannot tell the skeleton layout of a {nodes}-node gcn; pass --layout"
-            )
-        layout = candidates[0]
-    return {
-        "num_classes": int(state["classifier.weight"].shape[0]),
-        "layout": layout.to_dict(),
-        "in_channels": in_width // chunks,
-        "chunks": chunks,
-        "heads": heads,
-        "key_width": blocks[0]["key_widths"][0],
-        "hidden": int(state["fc.weight"].shape[0]),
-        "blocks": blocks,
-    }
 
 
 def import_foreign(
     obj, path: Path, *, arch=None, layout=None, num_classes=None, config=None
 ) -> Checkpoint:
     state = unwrap_state_dict(obj, path)
-    kind = infer_arch(state) if arch is None else arch
     lay = get_layout(layout) if layout else None
-    if kind == "pyskl-stgcn" or (kind == "stgcn" and any(k.startswith("gcn.") for k in state)):
-        state = rename_pyskl_stgcn(state)
-        kind = "stgcn"
-    model_class(kind)  # unknown --arch is one clear line
+    cls = model_class(arch if arch is not None else recognize_architecture(state))
     if config is not None:
+        state = cls.rename_foreign(state)
         cfg = dict(config)
-    elif kind == "stgcn":
-        cfg = infer_stgcn_config(state, lay, num_classes)
     else:
-        cfg = infer_gcn_config(state, lay)
+        cfg, state = cls.import_state(state, lay, num_classes)
     ckpt = Checkpoint(
-        kind,
-        json_safe(create_model(kind, **cfg).config),
+        cls.arch,
+        json_safe(cls.make_config(cfg).to_dict()),
         state,
         [],
         {"imported_from": str(path), "sha256": file_sha256(path)},

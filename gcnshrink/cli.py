@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gcnshrink.cli_methods import WithMethodOptions
 from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
 
@@ -80,8 +81,23 @@ def check_output(path: Path, force: bool) -> None:
         raise GcnshrinkError(f"{path} exists; pass --force to overwrite it")
 
 
+def describe_architectures(command) -> None:
+    """Name the registered architectures (``gcnshrink.models.available_models()``) in the chosen
+    command's ``--arch`` help. Done here rather than at import: the registry imports torch and any
+    installed model plugins, which ``gcnshrink --help`` should not pay for."""
+    params = [p for p in getattr(command, "params", ()) if ARCHITECTURES in (p.help or "")]
+    if not params:
+        return
+    from gcnshrink.models import available_models
+
+    names = ", ".join(available_models())
+    for param in params:
+        param.help = param.help.replace(ARCHITECTURES, names)
+
+
 @app.callback()
 def configure(
+    ctx: typer.Context,
     threads: Annotated[
         int,
         typer.Option(
@@ -98,6 +114,9 @@ def configure(
         err_console.print(f"[bold red]error:[/] --threads must be at least 1, got {threads}")
         raise typer.Exit(2)
     torch.set_num_threads(threads)
+    # The group's callback runs before the command parses its options, --help included.
+    if ctx.invoked_subcommand:
+        user_errors(describe_architectures)(ctx.command.get_command(ctx, ctx.invoked_subcommand))
 
 
 DataOpt = Annotated[
@@ -111,10 +130,14 @@ DataOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Random seed (data split, initialisation, batches).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+# Filled in by describe_architectures once a command is chosen (see there).
+ARCHITECTURES = "{architectures}"
 ArchOpt = Annotated[
     str | None,
     typer.Option(
-        "--arch", help="Architecture of a foreign checkpoint (default: inferred from its keys)."
+        "--arch",
+        help=f"Architecture of a foreign checkpoint: {ARCHITECTURES} (default: inferred from its "
+        "keys).",
     ),
 ]
 LayoutOpt = Annotated[
@@ -203,22 +226,15 @@ def eval_(
 
     Example: gcnshrink eval tcp99.pt --data synthetic:hands --json
     """
-    from gcnshrink.measure import measure_model
+    from gcnshrink import api
 
-    dataset = load_spec(data, seed)
-    m = measure_model(model, dataset, flops=False, load_options={"arch": arch, "layout": layout})
-    result = {
-        "model": str(model),
-        "data": data,
-        "accuracy": m["accuracy"],
-        "mean_class_accuracy": m["mean_class_accuracy"],
-        "samples": m["samples"],
-    }
+    result = api.evaluate(model, data, seed=seed, arch=arch, layout=layout)
     if json_out:
         print_json(result)
     else:
         console.print(
-            f"{model}: accuracy [bold]{m['accuracy']:.2%}[/], mean per-class {m['mean_class_accuracy']:.2%} on {m['samples']} test samples of {data}"
+            f"{model}: accuracy [bold]{result['accuracy']:.2%}[/], mean per-class "
+            f"{result['mean_class_accuracy']:.2%} on {result['samples']} test samples of {data}"
         )
 
 
@@ -229,7 +245,13 @@ def inspect(
         Path, typer.Argument(help="Checkpoint (.pt), safetensors export or ONNX file.")
     ],
     json_out: JsonOpt = False,
-    latency: Annotated[bool, typer.Option(help="Also time one-sample inference (CPU).")] = False,
+    latency: Annotated[
+        bool,
+        typer.Option(
+            help="Also time one sample with ONNX Runtime on the CPU (a checkpoint or safetensors "
+            "file is exported to ONNX first)."
+        ),
+    ] = False,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
 ):
@@ -237,11 +259,9 @@ def inspect(
 
     Example: gcnshrink inspect tcp99.pt --json
     """
-    from gcnshrink.measure import layer_table, measure_model
+    from gcnshrink import api
 
-    m = measure_model(model, latency=latency, load_options={"arch": arch, "layout": layout})
-    if model.suffix != ".onnx":
-        m["layers"] = layer_table(load_model_file(model, arch, layout).build_model())
+    m = api.inspect(model, latency=latency, arch=arch, layout=layout)
     if json_out:
         print_json(m)
         return
@@ -271,6 +291,7 @@ def inspect(
         "bytes_dense",
         "bytes_sparse",
         "bytes_gzip",
+        "bytes_onnx",
         "inconsistent_connections",
         "dead_units",
         "latency_ms",
@@ -287,9 +308,7 @@ def inspect(
 
 
 # ---------------------------------------------------------------------------- prune / compact / export
-@app.command()
-@user_errors
-def prune(
+def _prune(
     model: Annotated[
         Path,
         typer.Argument(help="Trained checkpoint (gcnshrink .pt or a foreign ST-GCN/pyskl file)."),
@@ -297,11 +316,21 @@ def prune(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Pruned checkpoint to write.")],
     method: Annotated[
-        str, typer.Option(help="tcp, tcp-posthoc, mp, random or structured.")
+        str,
+        typer.Option(
+            help="Pruning method: tcp, tcp-posthoc, mp, random, structured or a plug-in's."
+        ),
     ] = "tcp",
     rate: Annotated[
         float, typer.Option(help="Fraction of in-scope weights to remove, in (0, 1).")
     ] = 0.9,
+    rates: Annotated[
+        str | None,
+        typer.Option(
+            help="Multi-rate methods: train once for these comma-separated rates and write a "
+            "multi-rate checkpoint (gcnshrink extract takes any rate from it)."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Masked fine-tuning epochs.")] = FINETUNE_EPOCHS,
     seed: SeedOpt = 0,
     scope: Annotated[
@@ -310,15 +339,6 @@ def prune(
     exclude: Annotated[
         list[str] | None, typer.Option(help="Glob of tensor names to keep dense (repeatable).")
     ] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="mp only: oneshot or cubic (gradual over the first half).")
-    ] = None,
-    posthoc: Annotated[
-        bool,
-        typer.Option(
-            help="tcp only: the post-hoc variant (consistent masks once, then fine-tune)."
-        ),
-    ] = False,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tune.")] = FINETUNE_LR,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     device: Annotated[
@@ -327,18 +347,15 @@ def prune(
     allow_collapse: Annotated[
         bool, typer.Option(help="Let mp/random empty a whole layer instead of refusing.")
     ] = False,
-    score: Annotated[
-        str | None,
-        typer.Option(
-            help="mp/tcp: rank weights by 'magnitude' or 'lamp' (layer-adaptive; tcp's default)."
-        ),
-    ] = None,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    method_options: dict | None = None,
 ):
     """Prune a trained model as a masked fine-tune, at exactly the requested rate.
+
+    Method options (--schedule, --score, ...) come from the methods' own option lists.
 
     Example: gcnshrink prune dense.pt --method tcp --rate 0.99 --data synthetic:hands -o tcp99.pt
     """
@@ -346,19 +363,7 @@ def prune(
     from gcnshrink.checkpoint import save_checkpoint
 
     check_output(output, force)
-    options = {}
-    if schedule is not None:
-        if method != "mp":
-            raise GcnshrinkError("--schedule applies to --method mp only")
-        options["schedule"] = schedule
-    if posthoc:
-        if method != "tcp":
-            raise GcnshrinkError("--posthoc applies to --method tcp only")
-        options["posthoc"] = True
-    if score is not None:
-        if method not in ("mp", "tcp", "tcp-posthoc"):
-            raise GcnshrinkError("--score applies to mp, tcp and tcp-posthoc")
-        options["score"] = score
+    rate_list = parse_rates(rates) if rates is not None else None
     ckpt = load_model_file(model, arch, layout)
     dataset = load_spec(data, seed)
     outcome = api.prune(
@@ -367,6 +372,7 @@ def prune(
         source_path=model,
         method=method,
         rate=rate,
+        rates=rate_list,
         epochs=epochs,
         seed=seed,
         scope=scope,
@@ -376,12 +382,19 @@ def prune(
         device=device,
         progress=not json_out,
         allow_collapse=allow_collapse,
-        **options,
+        options=method_options,
     )
     save_checkpoint(outcome.checkpoint, output, force=force)
     s = {**outcome.summary, "output": str(output)}
     if json_out:
         print_json(s)
+    elif "accuracy_by_rate" in s:
+        by_rate = ", ".join(f"{r}: {a:.2%}" for r, a in s["accuracy_by_rate"].items())
+        console.print(
+            f"[bold]{s['method']}[/] trained for rates {', '.join(map(str, s['rates']))}: test "
+            f"accuracy {by_rate} vs dense {s['dense_accuracy']:.2%} -> {output} (multi-rate; "
+            "gcnshrink extract takes any rate from it)"
+        )
     else:
         console.print(
             f"[bold]{s['method']}[/] at rate {s['rate']:g} (realized {s['realized_rate']:.4%}): "
@@ -391,18 +404,64 @@ def prune(
         )
 
 
+prune = app.command("prune")(WithMethodOptions(user_errors(_prune)))
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise GcnshrinkError(f"--rates must be a comma-separated list, got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def extract(
+    model: Annotated[Path, typer.Argument(help="Multi-rate checkpoint (gcnshrink prune --rates).")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Pruned checkpoint to write; a folder with --rates."),
+    ],
+    rate: Annotated[float | None, typer.Option(help="The rate to extract, in (0, 1).")] = None,
+    rates: Annotated[
+        str | None, typer.Option(help="Several comma-separated rates: one file each in -o DIR.")
+    ] = None,
+    json_out: JsonOpt = False,
+    force: ForceOpt = False,
+):
+    """Take a pruned model at any rate from a multi-rate checkpoint: no data, no training.
+
+    Example: gcnshrink extract multi.pt --rate 0.97 -o pruned97.pt
+    """
+    from gcnshrink import api
+    from gcnshrink.checkpoint import save_checkpoint
+
+    if (rate is None) == (rates is None):
+        raise GcnshrinkError("pass --rate R or --rates a,b,c")
+    wanted = [rate] if rate is not None else parse_rates(rates)
+    paths = [output] if rate is not None else [output / f"rate-{r:g}.pt" for r in wanted]
+    for path in paths:
+        check_output(path, force)
+    summaries = []
+    for r, path in zip(wanted, paths, strict=True):
+        outcome = api.extract(model, r)
+        save_checkpoint(outcome.checkpoint, path, force=force)
+        summaries.append({**outcome.summary, "output": str(path)})
+    if json_out:
+        print_json(summaries[0] if rate is not None else summaries)
+        return
+    for s in summaries:
+        console.print(
+            f"{s['method']} at rate {s['rate']:g} (realized {s['realized_rate']:.4%}): "
+            f"{s['nonzero']:,} nonzero of {s['params']:,} params -> {s['output']}"
+        )
+
+
 def calibration_inputs(ckpt, data: str | None, seed: int, count: int = 64):
     """Real inputs for compaction checks: the validation split of --data or of the training data."""
-    spec = (
-        data
-        or (ckpt.provenance or {}).get("data")
-        or ((ckpt.provenance or {}).get("source") or {}).get("data")
-    )
-    if not spec:
-        raise GcnshrinkError("compaction checks the logits on real inputs: pass --data")
-    dataset = load_spec(spec, seed)
-    x = dataset.x_val if len(dataset.x_val) else dataset.x_train
-    return x[:count], dataset
+    from gcnshrink import api
+
+    return api.calibration_inputs(ckpt, data, seed, count)
 
 
 @app.command()
@@ -428,25 +487,19 @@ def compact(
 
     Example: gcnshrink compact tcp99.pt -o tcp99-compact.pt
     """
-    from gcnshrink.checkpoint import Checkpoint, save_checkpoint
-    from gcnshrink.compact import compact_model
+    from gcnshrink import api
+    from gcnshrink.checkpoint import save_checkpoint
 
     check_output(output, force)
-    ckpt = load_model_file(model, arch, layout)
-    calib, _ = calibration_inputs(ckpt, data, seed)
-    result = compact_model(ckpt.build_model(), calib)
-    out = Checkpoint.from_model(
-        result.model,
-        ckpt.class_names,
-        {**ckpt.provenance, "compacted_from": str(model)},
-        ckpt.pruning,
-    )
-    save_checkpoint(out, output, force=force)
+    outcome = api.compact(model, data, seed=seed, arch=arch, layout=layout)
+    save_checkpoint(outcome.checkpoint, output, force=force)
+    s = outcome.summary
     if json_out:
-        print_json({**result.to_dict(), "output": str(output)})
+        print_json({**s, "output": str(output)})
     else:
         console.print(
-            f"compacted {model}: {result.params_before:,} -> {result.params_after:,} params, max relative logit change {result.relative_diff:.2e} -> {output}"
+            f"compacted {model}: {s['params_before']:,} -> {s['params_after']:,} params, "
+            f"max relative logit change {s['relative_diff']:.2e} -> {output}"
         )
 
 
@@ -495,31 +548,29 @@ def export(
 
     Example: gcnshrink export tcp99.pt --onnx --sparse -o exported/
     """
-    from gcnshrink.export import export_model
+    from gcnshrink import api
 
-    if not (onnx or sparse_onnx or safetensors or sparse or int8):
-        onnx = sparse = True
-    ckpt = load_model_file(model, arch, layout)
-    calib, dataset = calibration_inputs(ckpt, data, seed)
-    summary = export_model(
-        ckpt,
+    summary = api.export(
+        model,
         output,
-        calibration=calib,
+        data=data,
+        seed=seed,
         onnx=onnx,
         safetensors=safetensors,
         sparse=sparse,
+        sparse_onnx=sparse_onnx,
         fp16=fp16,
         int8=int8,
-        sparse_onnx=sparse_onnx,
         force=force,
+        arch=arch,
+        layout=layout,
     )
     if json_out:
         print_json(summary)
     else:
         for item in summary["files"]:
-            console.print(
-                f"wrote {item['path']} ({item['bytes']:,} bytes){'  ' + item['note'] if item.get('note') else ''}"
-            )
+            note = f"  {item['note']}" if item.get("note") else ""
+            console.print(f"wrote {item['path']} ({item['bytes']:,} bytes){note}")
 
 
 # ---------------------------------------------------------------------------- sweep / report / gate
@@ -540,7 +591,7 @@ def sweep(
 
     Example: gcnshrink sweep dense.pt --data synthetic:hands --methods mp,tcp --rates 0.9,0.99 -o sweep/
     """
-    from gcnshrink.sweep import run_sweep
+    from gcnshrink import api
 
     def numbers(text: str, kind, what: str):
         try:
@@ -548,7 +599,7 @@ def sweep(
         except ValueError:
             raise GcnshrinkError(f"--{what} must be a comma-separated list, got {text!r}") from None
 
-    paths = run_sweep(
+    paths = api.sweep(
         model,
         data,
         output,
@@ -576,9 +627,9 @@ def report(
 
     Example: gcnshrink report sweep-a/ sweep-b/ -o compare/
     """
-    from gcnshrink.report import load_results, write_reports
+    from gcnshrink import api
 
-    written = write_reports(load_results(results), output, force=force)
+    written = api.report(results, output, force=force)
     for name, path in written.items():
         console.print(f"{name}: {path}")
 
@@ -628,10 +679,15 @@ def gate(
 
     Example: gcnshrink gate exported/model.sparse.safetensors --max-bytes 64KB --max-nonzero 20k
     """
-    from gcnshrink import gate as gate_mod
-    from gcnshrink.measure import measure_model
+    from gcnshrink import api
+    from gcnshrink.gate import emit_github, render_table
 
-    overrides = gate_mod.budgets_from_options(
+    run = api.gate(
+        model,
+        data=data,
+        config_dir=config_dir,
+        baseline=baseline,
+        warn_only=warn_only,
         max_bytes=max_bytes,
         max_params=max_params,
         max_nonzero=max_nonzero,
@@ -639,47 +695,15 @@ def gate(
         max_latency_ms=max_latency_ms,
         min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop,
-        baseline=str(baseline) if baseline else None,
-        warn_only=warn_only,
     )
-    config = gate_mod.load_config(config_dir)
-    targets = gate_mod.resolve_targets(config, model, overrides, data)
-    all_checks, worst = [], 0
-    for target in targets:
-        budgets = target.budgets
-        spec = target.data
-        dataset = (
-            load_spec(str(spec))
-            if spec and (budgets.min_accuracy is not None or budgets.max_accuracy_drop is not None)
-            else None
-        )
-        metrics = measure_model(
-            target.model,
-            dataset,
-            latency=budgets.max_latency_ms is not None,
-            flops=budgets.max_flops is not None,
-        )
-        base = None
-        if budgets.baseline:
-            bpath = Path(budgets.baseline)
-            if bpath.suffix == ".json" or bpath.is_dir():
-                base = gate_mod.baseline_from_results(
-                    bpath,
-                    bytes_field="bytes_onnx"
-                    if Path(target.model).suffix == ".onnx"
-                    else "bytes_sparse",
-                )
-            else:
-                base = measure_model(bpath, dataset, flops=budgets.max_flops is not None)
-        checks = gate_mod.evaluate(metrics, budgets, base, model=target.name)
-        all_checks += checks
-        worst = max(worst, gate_mod.exit_code(checks, budgets.warn_only))
+    for gated in run.models:
         if not json_out:
-            console.print(gate_mod.render_table(checks))
-        gate_mod.emit_github(checks, target.model, stream=sys.stderr if json_out else None)
+            console.print(render_table(gated.checks))
+        # with --json, stdout holds only the JSON array; annotations go to stderr
+        emit_github(gated.checks, gated.target.model, stream=sys.stderr if json_out else None)
     if json_out:
-        sys.stdout.write(gate_mod.to_json(all_checks) + "\n")
-    raise typer.Exit(worst)
+        sys.stdout.write(run.to_json() + "\n")
+    raise typer.Exit(run.exit_code)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -58,7 +58,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.graph import Link, UnitGraph, masks_from_weights
+from gcnshrink.graph import UnitGraph, masks_from_weights
+from gcnshrink.graph.propagation import reachability
 from gcnshrink.models.registry import SkeletonModel, create_model
 
 # why a unit was removed
@@ -233,46 +234,8 @@ def _run(model: SkeletonModel, calibration: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- graph structure
-def _flatten_links(graph: UnitGraph) -> dict[str, Link]:
-    """Derived space -> the flatten link that defines it."""
-    derived: dict[str, Link] = {}
-    for link in graph.links:
-        if link.kind == "flatten":
-            if link.target in derived:
-                raise ValueError(f"space {link.target} is the target of two flatten links")
-            derived[link.target] = link
-    return derived
-
-
-def _identity_groups(graph: UnitGraph, candidates: list[str]) -> list[list[str]]:
-    """Connected components of the identity links that contain a candidate space, in graph order."""
-    parent = {space.name: space.name for space in graph.spaces}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    for link in graph.links:
-        if link.kind != "identity":
-            continue
-        width = graph.width(link.source)
-        units = torch.arange(width)
-        if graph.width(link.target) != width or not (
-            torch.equal(link.source_units, units) and torch.equal(link.target_units, units)
-        ):
-            raise ValueError(f"identity link {link.source} -> {link.target} is not unit-by-unit")
-        parent[root(link.source)] = root(link.target)
-    components: dict[str, list[str]] = {}
-    for space in graph.spaces:
-        components.setdefault(root(space.name), []).append(space.name)
-    candidate_set = set(candidates)
-    return [members for members in components.values() if candidate_set & set(members)]
-
-
 def _kept_from_removed(
-    graph: UnitGraph, removed: dict[str, dict[int, str]], derived: dict[str, Link]
+    graph: UnitGraph, removed: dict[str, dict[int, str]]
 ) -> dict[str, torch.Tensor]:
     kept = {}
     for space in graph.spaces:
@@ -280,11 +243,7 @@ def _kept_from_removed(
         if removed[space.name]:
             mask[list(removed[space.name])] = False
         kept[space.name] = mask
-    for target, link in derived.items():
-        mask = torch.zeros(graph.width(target), dtype=torch.bool)
-        mask[link.target_units] = kept[link.source][link.source_units]
-        kept[target] = mask
-    return kept
+    return graph.with_derived(kept)
 
 
 def _restricted_masks(
@@ -308,7 +267,6 @@ def _folding_blocked(
     graph: UnitGraph,
     masks: dict[str, torch.Tensor],
     state: dict[str, torch.Tensor],
-    derived: dict[str, Link],
     attention_spaces: set[str],
 ) -> dict[str, torch.Tensor]:
     """Per space, units with a live entry in a consumer that cannot absorb a constant input."""
@@ -319,11 +277,12 @@ def _folding_blocked(
         mask = masks[binding.name]
         source_units, _ = graph.entry_units(binding, mask.shape)
         blocked[binding.source][source_units[mask.reshape(-1)]] = True
-    for target, link in derived.items():
-        blocked[link.source][link.source_units[blocked[target][link.target_units]]] = True
+    for target in graph.derived:  # a flattened unit's consumer blocks its source channel
+        source, source_unit = graph.derived_source(target)
+        blocked[source][source_unit[blocked[target]]] = True
     for link in graph.links:
         # a steering source outside an attention pair has no fold rule: never drop its constant
-        if link.kind == "steer" and link.source not in attention_spaces:
+        if link.semantics.steers and link.source not in attention_spaces:
             blocked[link.source][:] = True
     return blocked
 
@@ -339,7 +298,7 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
     masks = {name: mask.cpu() for name, mask in masks_from_weights(graph, state).items()}
     activity, logits = _measure(model, graph, calibration)
 
-    derived = _flatten_links(graph)
+    derived = graph.derived
     attention_pairs = list(graph.attention_pairs)
     attention_spaces = {space for pair in attention_pairs for space in pair}
     # spaces decided unit by unit (rules 2 and 3); derived and attention spaces follow other rules
@@ -348,7 +307,7 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
         for s in graph.spaces
         if s.role == "hidden" and s.name not in derived and s.name not in attention_spaces
     ]
-    groups = _identity_groups(graph, decided_spaces)
+    groups = [g for g in graph.residual_groups if set(g) & set(decided_spaces)]
     for members in groups:
         if set(members) & (attention_spaces | set(derived)):
             raise ValueError(f"identity links join {members}, which compaction cannot couple")
@@ -361,11 +320,10 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
     # rule 5: decide again on the masks restricted to kept units until nothing more goes; removals
     # only grow, so this ends after a few rounds
     while True:
-        kept = _kept_from_removed(graph, removed, derived)
+        kept = _kept_from_removed(graph, removed)
         live_masks = _restricted_masks(graph, masks, kept)
-        accessible = graph.accessible(live_masks)
-        coaccessible = graph.coaccessible(live_masks)
-        blocked = _folding_blocked(graph, live_masks, state, derived, attention_spaces)
+        accessible, coaccessible = reachability(graph, live_masks)
+        blocked = _folding_blocked(graph, live_masks, state, attention_spaces)
         kept_notes = {space.name: {} for space in graph.spaces}
         changed = False
 
@@ -384,7 +342,7 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
                 members, kept[members[0]], verdicts, activity, removed, constants, kept_notes
             )
 
-        kept = _kept_from_removed(graph, removed, derived)
+        kept = _kept_from_removed(graph, removed)
         for query_space, key_space in attention_pairs:
             reasons = _attention_verdicts(
                 graph, query_space, key_space, kept, accessible, coaccessible, activity
@@ -397,7 +355,7 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
         if not changed:
             break
 
-    kept = _kept_from_removed(graph, removed, derived)
+    kept = _kept_from_removed(graph, removed)
     for target in derived:
         removed[target] = {int(u): DERIVED for u in (~kept[target]).nonzero().flatten()}
     return CompactionPlan(graph, kept, removed, kept_notes, constants, logits)
@@ -489,7 +447,7 @@ def _attention_verdicts(
     width = graph.width(query_space)
     steers_kept_output = torch.zeros(width, dtype=torch.bool)
     for link in graph.links:
-        if link.kind == "steer" and link.source == query_space and len(link.target_units):
+        if link.semantics.steers and link.source == query_space and len(link.target_units):
             if kept[link.target][link.target_units].any():
                 steers_kept_output[link.source_units] = True
     no_measure = torch.zeros(width, dtype=torch.bool)
@@ -517,15 +475,14 @@ def kept_units(model: SkeletonModel, calibration: torch.Tensor) -> dict[str, tor
 
 # ---------------------------------------------------------------------------- building
 def _fold_constants(
-    state: dict[str, torch.Tensor], plan: CompactionPlan, derived: dict[str, Link]
+    state: dict[str, torch.Tensor], plan: CompactionPlan
 ) -> dict[str, torch.Tensor]:
     """Add ``weight · constant`` of every removed constant unit to its consumers' biases."""
     graph = plan.graph
     constants = dict(plan.constants)
-    for target, link in derived.items():
-        flat = torch.zeros(graph.width(target), dtype=torch.float64)
-        flat[link.target_units] = constants[link.source][link.source_units]
-        constants[target] = flat
+    for target in graph.derived:  # flat unit (v, c) carries channel c's constant
+        source, source_unit = graph.derived_source(target)
+        constants[target] = constants[source][source_unit]
     folded = dict(state)
     for binding in graph.prunable:
         values = constants[binding.source]
@@ -576,7 +533,7 @@ def compact_model(
     calibration = _check_calibration(model, calibration)
     graph = plan.graph
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
-    compact_state = _cut(_fold_constants(state, plan, _flatten_links(graph)), plan)
+    compact_state = _cut(_fold_constants(state, plan), plan)
 
     config = model.compacted_config(plan.kept)
     with warnings.catch_warnings():
@@ -648,8 +605,8 @@ def _check_calibration(model: SkeletonModel, calibration: object) -> torch.Tenso
         raise GcnshrinkError(
             f"calibration must be a tensor (N, C, T, V, M), got {type(calibration).__name__}"
         )
-    layout = model.config["layout"]
-    expected = (model.config["in_channels"], layout["num_joints"], layout["persons"])
+    _, channels, _, joints, persons = model.input_shape(1, 1)
+    expected = (channels, joints, persons)
     shape = tuple(calibration.shape)
     if (
         calibration.ndim != 5

@@ -7,16 +7,15 @@ verified ONNX); write the accuracy-versus-size report. Everything lands in one f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
 
 from gcnshrink import api
-from gcnshrink.checkpoint import load_checkpoint, save_checkpoint
+from gcnshrink.checkpoint import save_checkpoint
 from gcnshrink.data import load_data
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.export import export_model
-from gcnshrink.sweep import run_sweep
 from gcnshrink.train import TrainConfig
 
 DEMO_DATA = "synthetic:hands"
@@ -42,7 +41,7 @@ def run_demo(
         f"[bold]2/4 prune[/] tcp and mp at rate {rate:g} ({finetune_epochs} fine-tune epochs each), measured"
     )
     sweep_dir = out / "sweep"
-    paths = run_sweep(
+    paths = api.sweep(
         dense_path,
         DEMO_DATA,
         sweep_dir,
@@ -56,21 +55,12 @@ def run_demo(
     console.print(
         f"[bold]3/4 export[/] {tcp_path} (compacted, sparse safetensors + ONNX checked by onnxruntime)"
     )
-    export = export_model(
-        load_checkpoint(tcp_path),
-        out / "export",
-        calibration=data.x_val[:64],
-        onnx=True,
-        sparse=True,
-        safetensors=False,
-        force=True,
-    )
+    export = api.export(tcp_path, out / "export", data=data, onnx=True, sparse=True, force=True)
     for item in export["files"]:
         console.print(f"    {item['path']}: {item['bytes']:,} bytes  {item.get('note', '')}")
 
     console.print("[bold]4/4 report[/]")
-    import json
-
+    # the cells' own JSON: it also holds the topology before compaction, which results.py skips
     results = json.loads(Path(paths["results"]).read_text())
     dense = results["dense"]
     console.print(

@@ -10,7 +10,8 @@ Files written into the output folder (all verified before the command returns):
   onnxruntime on real inputs (error above 1e-4 absolute);
 - ``model.sparse.onnx``: the same graph with mostly-zero weights stored as ONNX sparse
   initializers (``--sparse-onnx``), checked the same way;
-- ``model.int8.onnx``: onnxruntime dynamic quantization of ``model.onnx`` (``--int8``).
+- ``model.int8.onnx``: onnxruntime dynamic quantization of ``model.onnx`` (``--int8``);
+- ``export.json``: what was written and every check's result.
 
 ``--fp16`` stores weights as float16 in every file.
 """
@@ -25,6 +26,7 @@ import torch
 from gcnshrink.checkpoint import Checkpoint, checkpoint_metadata
 from gcnshrink.compact import compact_model
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.files import atomic_write
 from gcnshrink.onnx_export import check_parity, export_onnx, quantize_int8
 from gcnshrink.sparse_format import load_tensors, save_tensors
 
@@ -77,7 +79,8 @@ def export_model(
         raise GcnshrinkError(
             "nothing to export: pass --onnx, --sparse-onnx, --safetensors, --sparse or --int8"
         )
-    existing = [p for p in planned if p.exists()]
+    summary_path = out_dir / "export.json"
+    existing = [p for p in (*planned, summary_path) if p.exists()]
     if existing and not force:
         raise GcnshrinkError(f"{existing[0]} exists; pass --force to overwrite it")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,5 +161,5 @@ def export_model(
                 "note": "check its accuracy with gcnshrink eval",
             }
         )
-    (out_dir / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write(summary_path, json.dumps(summary, indent=2, default=str) + "\n", force=force)
     return summary

@@ -249,6 +249,10 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+# the layout a bare joint count most often means, for checkpoints and data that name none
+LAYOUT_BY_JOINTS = {25: "ntu25", 21: "hand21", 18: "openpose18", 17: "coco17", 15: "sbu15"}
+
+
 def get_layout(name: str) -> Layout:
     try:
         return LAYOUTS[name]

@@ -1,15 +1,25 @@
-"""Measure a model file (checkpoint, safetensors or ONNX): size, counts, FLOPs, latency, accuracy.
+"""Measure models: size, counts, FLOPs, latency and accuracy, each by one function.
 
-One function for ``inspect``, ``gate`` and the sweep reports, so the same number means the same
-thing everywhere. FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one sample
-(matrix products, convolutions and the einsum/bmm of the graph aggregation and attention; each
-multiply-add counts as 2 FLOPs); they are a property of the architecture and its widths, so a
-compacted model has fewer, while zeros inside a dense tensor still count.
+``inspect``, ``eval``, ``gate`` (:func:`measure_model`, a model file as given) and the sweep
+(:func:`measure_deployable`, a model compacted first) call the same functions for each number, so
+a key means the same quantity everywhere:
+
+- ``params`` / ``nonzero``: parameters and nonzero parameters of the model;
+- ``flops``: counted by ``torch.utils.flop_counter.FlopCounterMode`` on one sample (matrix
+  products, convolutions and the einsum/bmm of the graph aggregation and attention; a multiply-add
+  is 2 FLOPs). A property of the architecture and its widths: a compacted model has fewer, zeros
+  inside a dense tensor still count;
+- ``bytes_dense`` / ``bytes_sparse`` / ``bytes_gzip``: the state as a dense safetensors file, a
+  sparse safetensors file and gzip -9 of the dense file (computed in memory);
+- ``bytes_onnx``: the model exported to ONNX; ``latency_ms``: the median ONNX Runtime (CPU) time of
+  one sample, after warm-up;
+- ``accuracy`` / ``mean_class_accuracy`` / ``samples``: on the test split of the data.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +27,38 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gcnshrink.checkpoint import Checkpoint, load_checkpoint
+from gcnshrink.compact import compact_model
+from gcnshrink.data import SkeletonData
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
 from gcnshrink.graph import masks_from_weights
+from gcnshrink.graph.propagation import topology_summary
 from gcnshrink.models import SkeletonModel, create_model
+from gcnshrink.onnx_export import OnnxRunner, export_onnx, onnx_latency_ms
 from gcnshrink.sparse_format import size_report
+from gcnshrink.train import accuracy_metrics, evaluate
 
 DEFAULT_FRAMES = 32
+
+# What a sweep records of each compacted model (results.json, docs/gate-and-reports.md).
+DEPLOYABLE_KEYS = (
+    "accuracy",
+    "mean_class_accuracy",
+    "params",
+    "nonzero",
+    "flops",
+    "bytes_dense",
+    "bytes_sparse",
+    "bytes_onnx",
+    "latency_ms",
+)
 
 
 def model_frames(config: dict) -> int:
     return int(config.get("frames", DEFAULT_FRAMES))
+
+
+# ------------------------------------------------------------------------------- one number each
 
 
 def count_flops(model: SkeletonModel, frames: int | None = None) -> int:
@@ -41,17 +72,24 @@ def count_flops(model: SkeletonModel, frames: int | None = None) -> int:
     return int(counter.get_total_flops())
 
 
+def parameter_counts(model: SkeletonModel) -> dict:
+    """Parameters and nonzero parameters of a plain model."""
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "nonzero": sum(int((p != 0).sum()) for p in model.parameters()),
+    }
+
+
 def weight_counts(model: SkeletonModel) -> dict:
     """Parameters, nonzeros and the unit-graph topology of a plain model."""
     graph = model.unit_graph()
     named = dict(model.named_parameters())
     masks = masks_from_weights(graph, named)
-    topo = graph.topology_summary(masks)
+    topo = topology_summary(graph, masks)
     prunable = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "nonzero": sum(int((p != 0).sum()) for p in model.parameters()),
+        **parameter_counts(model),
         "prunable": prunable,
         "prunable_nonzero": kept,
         "sparsity": 1.0 - kept / max(prunable, 1),
@@ -65,7 +103,7 @@ def layer_table(model: SkeletonModel) -> list[dict]:
     """Per prunable tensor: shape, size, nonzeros and inconsistent entries."""
     graph = model.unit_graph()
     named = dict(model.named_parameters())
-    topo = graph.topology_summary(masks_from_weights(graph, named))["tensors"]
+    topo = topology_summary(graph, masks_from_weights(graph, named))["tensors"]
     rows = []
     for b in graph.prunable:
         w = named[b.name]
@@ -83,20 +121,35 @@ def layer_table(model: SkeletonModel) -> list[dict]:
     return rows
 
 
-def measure_checkpoint(ckpt: Checkpoint, *, flops: bool = True) -> dict:
-    model = ckpt.build_model()
-    counts = weight_counts(model)
-    sizes = size_report(exportable_state(ckpt.state_dict))
-    out = {
-        "arch": ckpt.arch,
-        **counts,
-        "flops": count_flops(model) if flops else None,
-        "bytes_dense": sizes["bytes_dense"],
-        "bytes_sparse": sizes["bytes_sparse"],
-        "bytes_gzip": sizes["bytes_gzip"],
-        "pruning": ckpt.pruning,
-    }
-    return out
+def state_sizes(state: dict[str, torch.Tensor]) -> dict:
+    """Bytes of ``state`` as the files gcnshrink exports (dense, sparse) and gzip of the dense."""
+    sizes = size_report(exportable_state(state))
+    return {key: sizes[key] for key in ("bytes_dense", "bytes_sparse", "bytes_gzip")}
+
+
+def model_accuracy(model: SkeletonModel, data: SkeletonData) -> dict:
+    """Accuracy, mean per-class accuracy and sample count of a PyTorch model on the test split."""
+    return evaluate(model, data.x_test, data.y_test, data.num_classes)
+
+
+def onnx_accuracy(path: str | Path, data: SkeletonData) -> dict:
+    """The same numbers as :func:`model_accuracy`, computed by onnxruntime from an ONNX file."""
+    logits = torch.from_numpy(OnnxRunner(path)(data.x_test))
+    return accuracy_metrics(logits, data.y_test, data.num_classes)
+
+
+def onnx_size_and_latency(
+    model: SkeletonModel, example: torch.Tensor, workdir: str | Path | None = None
+) -> dict:
+    """Export ``model`` to ONNX and time one sample of ``example`` with ONNX Runtime.
+
+    Latency is measured on the exported file, so a PyTorch model and its ONNX export report the
+    same quantity under ``latency_ms``.
+    """
+    with tempfile.TemporaryDirectory(prefix="gcnshrink-measure-", dir=workdir) as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, example[:2], path, force=True)
+        return {"bytes_onnx": path.stat().st_size, "latency_ms": onnx_latency_ms(path, example[:1])}
 
 
 def onnx_counts(path: Path) -> dict:
@@ -119,18 +172,99 @@ def onnx_counts(path: Path) -> dict:
     return {"params": params, "nonzero": nonzero, "metadata": meta}
 
 
-def measure_model(
-    path: str | Path,
-    data=None,
+# ------------------------------------------------------------------------------------ models
+
+
+def measure_module(
+    model: SkeletonModel,
     *,
-    latency: bool = False,
+    frames: int,
+    data: SkeletonData | None = None,
     flops: bool = True,
-    load_options: dict | None = None,
+    latency: bool = False,
+    topology: bool = True,
+    example: torch.Tensor | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Everything gcnshrink can say about one model file. ``data`` adds test accuracy."""
+    """Every number for a model in memory; ``topology`` adds the unit-graph facts of
+    :func:`weight_counts` (prunable weights, inconsistent connections, dead units).
+
+    ``state`` is what the sizes are computed from (default: the model's own state; a checkpoint
+    passes its stored tensors, which may be float16). ``latency`` exports to ONNX and adds
+    ``bytes_onnx`` and ``latency_ms``, timed on one sample of ``example`` (default: random input of
+    ``frames`` frames).
+    """
+    model = model.cpu().eval()
+    out = {
+        **(weight_counts(model) if topology else parameter_counts(model)),
+        "flops": count_flops(model, frames) if flops else None,
+        **state_sizes(model.state_dict() if state is None else state),
+    }
+    if data is not None:
+        out.update(model_accuracy(model, data))
+    if latency:
+        example = model.example_input(1, frames) if example is None else example
+        out.update(onnx_size_and_latency(model, example))
+    return out
+
+
+def measure_deployable(model: SkeletonModel, data: SkeletonData, calibration: torch.Tensor) -> dict:
+    """Compact the model and measure what a user would ship: the :data:`DEPLOYABLE_KEYS` and the
+    compaction's relative logit change on ``calibration`` (real inputs, also the latency sample)."""
+    result = compact_model(model.cpu().eval(), calibration)
+    measured = measure_module(
+        result.model,
+        frames=calibration.shape[2],
+        data=data,
+        latency=True,
+        topology=False,  # the sweep records the topology of the pruned model, before compaction
+        example=calibration[:2],
+    )
+    return {
+        **{key: measured[key] for key in DEPLOYABLE_KEYS},
+        "compaction_relative_diff": result.relative_diff,
+    }
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def _model_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise GcnshrinkError(f"{path}: no such file")
+    return path
+
+
+def _load(path: Path, load_options: dict | None, data: SkeletonData | None) -> Checkpoint:
+    ckpt = load_checkpoint(path, **(load_options or {}))
+    if data is not None:
+        ckpt.check_compatible(data)
+    return ckpt
+
+
+def measure_accuracy(
+    path: str | Path, data: SkeletonData, *, load_options: dict | None = None
+) -> dict:
+    """Accuracy, mean per-class accuracy and sample count of a model file on the test split."""
+    path = _model_file(path)
+    if path.suffix == ".onnx":
+        return onnx_accuracy(path, data)
+    return model_accuracy(_load(path, load_options, data).build_model(), data)
+
+
+def measure_model(
+    path: str | Path,
+    data: SkeletonData | None = None,
+    *,
+    latency: bool = False,
+    flops: bool = True,
+    layers: bool = False,
+    load_options: dict | None = None,
+) -> dict:
+    """Everything gcnshrink can say about one model file. ``data`` adds test accuracy, ``layers``
+    the per-tensor table of a checkpoint or safetensors file."""
+    path = _model_file(path)
     out: dict = {
         "path": str(path),
         "format": path.suffix.lstrip(".") or "pt",
@@ -139,50 +273,34 @@ def measure_model(
     if path.suffix == ".onnx":
         counts = onnx_counts(path)
         meta = counts.pop("metadata")
+        config = json.loads(meta["config"]) if "config" in meta else {}
         out.update(counts)
         out["flops"] = None
-        if flops and "config" in meta and "arch" in meta:
+        if flops and config and "arch" in meta:
             # FLOPs depend only on the architecture and widths recorded in the metadata
-            model = create_model(meta["arch"], **json.loads(meta["config"]))
-            out["flops"] = count_flops(model)
-        if latency or data is not None:
-            from gcnshrink.onnx_export import OnnxRunner, onnx_latency_ms
-
-            runner = OnnxRunner(path)
-            if data is not None:
-                from gcnshrink.train import accuracy_metrics
-
-                logits = torch.from_numpy(runner(data.x_test))
-                out.update(accuracy_metrics(logits, data.y_test, data.num_classes))
-            if latency:
-                frames = model_frames(json.loads(meta["config"])) if "config" in meta else 32
-                shape = runner.input_shape
-                example = torch.randn(1, *[s if isinstance(s, int) else frames for s in shape[1:]])
-                out["latency_ms"] = onnx_latency_ms(path, example)
+            out["flops"] = count_flops(create_model(meta["arch"], **config))
+        if data is not None:
+            out.update(onnx_accuracy(path, data))
+        if latency:
+            shape = OnnxRunner(path).input_shape
+            frames = model_frames(config)
+            example = torch.randn(1, *[s if isinstance(s, int) else frames for s in shape[1:]])
+            out["latency_ms"] = onnx_latency_ms(path, example)
         return out
-    ckpt = load_checkpoint(path, **(load_options or {}))
-    out.update(measure_checkpoint(ckpt, flops=flops))
-    if data is not None:
-        from gcnshrink.train import evaluate
-
-        ckpt.check_compatible(data)
-        out.update(evaluate(ckpt.build_model(), data.x_test, data.y_test, data.num_classes))
-    if latency:
-        out["latency_ms"] = torch_latency_ms(ckpt.build_model())
+    ckpt = _load(path, load_options, data)
+    model = ckpt.build_model()
+    out["arch"] = ckpt.arch
+    out.update(
+        measure_module(
+            model,
+            frames=model_frames(ckpt.config),
+            data=data,
+            flops=flops,
+            latency=latency,
+            state=ckpt.state_dict,
+        )
+    )
+    out["pruning"] = ckpt.pruning
+    if layers:
+        out["layers"] = layer_table(model)
     return out
-
-
-def torch_latency_ms(model: SkeletonModel, repeats: int = 20) -> float:
-    import statistics
-    import time
-
-    x = model.example_input(1, model_frames(model.config))
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(x)
-            if i >= 3:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)

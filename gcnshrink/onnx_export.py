@@ -38,7 +38,8 @@ import torch
 from onnx import helper, numpy_helper
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.sparse_format import write_file_atomic
+from gcnshrink.files import atomic_write
+from gcnshrink.sparse_format import check_output_file
 
 INPUT_NAME = "skeleton"
 OUTPUT_NAME = "logits"
@@ -198,17 +199,7 @@ def _finish_and_write(proto: onnx.ModelProto, path: Path, force: bool) -> None:
     except onnx.checker.ValidationError as exc:
         # Our own export produced an invalid graph: a bug, not a user error.
         raise RuntimeError(f"exported ONNX model fails onnx.checker: {exc}") from exc
-    write_file_atomic(path, proto.SerializeToString(), force=force)
-
-
-def _check_output_path(path: str | os.PathLike, force: bool) -> Path:
-    """Fail before the slow work if the output cannot be written."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise GcnshrinkError(f"{path} already exists; use --force to overwrite it")
-    if not path.parent.is_dir():
-        raise GcnshrinkError(f"directory {path.parent} does not exist")
-    return path
+    atomic_write(path, proto.SerializeToString(), force=force)
 
 
 def export_onnx(
@@ -229,7 +220,7 @@ def export_onnx(
     initializers (see the module doc). ``metadata`` lands in the model's ``metadata_props`` (read
     back by :attr:`OnnxRunner.metadata`).
     """
-    path = _check_output_path(path, force)
+    path = check_output_file(path, force)
     metadata = _check_metadata(metadata)
     max_opset = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset:
@@ -295,7 +286,7 @@ def quantize_int8(
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    dst_path = _check_output_path(dst_path, force)
+    dst_path = check_output_file(dst_path, force)
     proto = _load_onnx(src_path)
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         raise GcnshrinkError(f"{src_path} has float16 weights; quantize the float32 export")

@@ -26,7 +26,6 @@ import gzip
 import json
 import math
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import safetensors.torch
 import torch
 
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.files import atomic_write
 
 # Key in ``__metadata__`` holding the manifest, and name of the one stored array.
 SPARSE_KEY = "gcnshrink.sparse"
@@ -71,11 +71,9 @@ _INDEX_DTYPES = {"U8": "<u1", "U16": "<u2", "U32": "<u4", "U64": "<u8"}
 _BITS_DTYPE_BY_SIZE = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
-def write_file_atomic(path: str | os.PathLike, data: bytes, *, force: bool = False) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
-
-    Readers never see a half-written file, and an existing file is only replaced with ``force``.
-    """
+def check_output_file(path: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse, before encoding, a file that exists (without ``force``) or a missing folder: the
+    folder of an output is the user's choice, and a typo in it should not create a new tree."""
     path = Path(path)
     if path.is_dir():
         raise GcnshrinkError(f"{path} is a directory, expected a file path")
@@ -83,18 +81,6 @@ def write_file_atomic(path: str | os.PathLike, data: bytes, *, force: bool = Fal
         raise GcnshrinkError(f"directory {path.parent} does not exist")
     if path.exists() and not force:
         raise GcnshrinkError(f"{path} already exists; use --force to overwrite it")
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # os.open with mode 0o666 lets the umask decide permissions, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -290,8 +276,9 @@ def save_tensors(
     The bound is, per tensor, the cheaper of dense bytes and kept-value bytes plus the cheaper
     index encoding (bitmask or CSR); the file adds only the header on top.
     """
+    path = check_output_file(path, force)
     data, report = _encode(_prepare(tensors, dtype), metadata, sparse)
-    report["path"] = str(write_file_atomic(path, data, force=force))
+    report["path"] = str(atomic_write(path, data, force=force))
     return report
 
 

@@ -2,22 +2,23 @@
 
 Each finished cell is written to ``DIR/cells/<method>-r<rate>-s<seed>.json`` (with its pruned
 checkpoint beside it) the moment it finishes; rerunning the same command skips those cells, so an
-interrupted sweep resumes where it stopped. ``DIR/results.json`` (format ``gcnshrink.sweep/1``,
+interrupted sweep resumes where it stopped. A multi-rate method is fine-tuned once per seed for all
+the rates of the grid (``DIR/cells/<method>-multi-s<seed>.pt``) and every cell is extracted from
+that one checkpoint; its cells record the shared fine-tune time. ``DIR/results.json`` (format ``gcnshrink.sweep/1``,
 docs/gate-and-reports.md) is rebuilt from the cells, then the reports are rendered.
 
-Every cell is measured on its *compacted* model: params, nonzeros and FLOPs after structural
-removal, sparse-safetensors bytes, ONNX bytes and onnxruntime latency (one sample, median), test
-accuracy. Selection inside each fine-tune uses the validation split only.
+Every cell is measured on its *compacted* model by :func:`gcnshrink.measure.measure_deployable`
+(the numbers ``inspect`` and ``gate`` report, under the same names): params, nonzeros and FLOPs
+after structural removal, sparse-safetensors bytes, ONNX bytes and onnxruntime latency (one sample,
+median), test accuracy. Selection inside each fine-tune uses the validation split only.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
-import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,47 +34,20 @@ from gcnshrink.checkpoint import (
     provenance,
     save_checkpoint,
 )
-from gcnshrink.compact import compact_model
 from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.export import exportable_state
 from gcnshrink.files import atomic_write
-from gcnshrink.measure import count_flops
-from gcnshrink.onnx_export import export_onnx, onnx_latency_ms
-from gcnshrink.pruning import METHODS, PruneSpec
-from gcnshrink.report import load_results, write_reports
-from gcnshrink.sparse_format import size_report
-from gcnshrink.train import evaluate
-
-FORMAT = "gcnshrink.sweep/1"
+from gcnshrink.measure import measure_deployable
+from gcnshrink.prune import extract, prune
+from gcnshrink.pruning import method_class
+from gcnshrink.pruning.budget import check_rate
+from gcnshrink.report import write_reports
+from gcnshrink.results import RESULTS_FILE, load_results, results_document, write_results
 
 
 def cell_name(method: str, rate: float, seed: int) -> str:
     return f"{method}-r{rate:g}-s{seed}"
-
-
-def measure_deployable(model, data, calibration: torch.Tensor, workdir: Path) -> dict:
-    """Compact the model and measure what a user would ship: sizes, FLOPs, latency, accuracy."""
-    result = compact_model(model.cpu().eval(), calibration)
-    small = result.model.eval()
-    sizes = size_report(exportable_state(small.state_dict()))
-    onnx_path = workdir / "model.onnx"
-    export_onnx(small, calibration[:2], onnx_path, force=True)
-    example = calibration[:1]
-    metrics = evaluate(small, data.x_test, data.y_test, data.num_classes)
-    return {
-        "accuracy": metrics["accuracy"],
-        "mean_class_accuracy": metrics["mean_class_accuracy"],
-        "params": sum(p.numel() for p in small.parameters()),
-        "nonzero": sum(int((p != 0).sum()) for p in small.parameters()),
-        "flops": count_flops(small, example.shape[2]),
-        "bytes_dense": sizes["bytes_dense"],
-        "bytes_sparse": sizes["bytes_sparse"],
-        "bytes_onnx": onnx_path.stat().st_size,
-        "latency_ms": onnx_latency_ms(onnx_path, example),
-        "compaction_relative_diff": result.relative_diff,
-    }
 
 
 def run_sweep(
@@ -90,13 +64,11 @@ def run_sweep(
 ) -> dict[str, Path]:
     """Run the grid, write results.json and the reports; returns the written paths."""
     for m in methods:
-        if m not in METHODS:
-            raise GcnshrinkError(f"unknown method {m!r}; available: {', '.join(sorted(METHODS))}")
+        method_class(m)  # an unknown name is refused before any work
     for r in rates:
-        PruneSpec(r).validate()
+        check_rate(r)
     if not methods or not rates or not seeds:
         raise GcnshrinkError("--methods, --rates and --seeds must each name at least one value")
-    from gcnshrink import api
 
     out_dir = Path(out_dir)
     cells_dir = out_dir / "cells"
@@ -115,7 +87,43 @@ def run_sweep(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with tempfile.TemporaryDirectory() as tmp, Progress(*columns, disable=not progress) as bar:
+
+    def write_cell(method, rate, seed, outcome, seconds, started) -> None:
+        name = cell_name(method, rate, seed)
+        save_checkpoint(outcome.checkpoint, cells_dir / f"{name}.pt", force=True)
+        record = {
+            "method": method,
+            "rate": rate,
+            "realized_rate": outcome.summary["realized_rate"],
+            "seed": seed,
+            "finetune_seconds": seconds,
+            "inconsistent_connections": outcome.summary["inconsistent_connections"],
+            "dead_units": outcome.summary["dead_units"],
+            **measure_deployable(outcome.model, data, calibration),
+            "provenance": provenance(
+                seed=seed,
+                data=data_spec,
+                source_sha256=source_hash,
+                epochs=epochs,
+                seconds=time.perf_counter() - started,
+            ),
+        }
+        atomic_write(cells_dir / f"{name}.json", json.dumps(record, indent=2), force=True)
+
+    def prune_cell(method: str, seed: int, cell_rates: list[float]):
+        return prune(
+            ckpt,
+            data,
+            method=method,
+            rates=cell_rates,
+            epochs=epochs,
+            seed=seed,
+            progress=False,
+            allow_collapse=True,
+            **(method_options or {}).get(method, {}),
+        )
+
+    with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("sweep", total=len(grid) + 1, cell="dense")
         dense_file = cells_dir / "dense.json"
         if not dense_file.exists():
@@ -123,60 +131,48 @@ def run_sweep(
                 "method": "dense",
                 "rate": 0.0,
                 "realized_rate": 0.0,
-                **measure_deployable(ckpt.build_model(), data, calibration, Path(tmp)),
+                **measure_deployable(ckpt.build_model(), data, calibration),
             }
             atomic_write(dense_file, json.dumps(dense, indent=2), force=True)
         bar.advance(task)
-        for method, rate, seed in grid:
-            name = cell_name(method, rate, seed)
-            cell_file = cells_dir / f"{name}.json"
-            bar.update(task, cell=name)
-            if cell_file.exists():
-                bar.advance(task)
-                continue
-            started = time.perf_counter()
-            outcome = api.prune(
-                ckpt,
-                data,
-                method=method,
-                rate=rate,
-                epochs=epochs,
-                seed=seed,
-                progress=False,
-                allow_collapse=True,
-                **(method_options or {}).get(method, {}),
-            )
-            save_checkpoint(outcome.checkpoint, cells_dir / f"{name}.pt", force=True)
-            record = {
-                "method": method,
-                "rate": rate,
-                "realized_rate": outcome.summary["realized_rate"],
-                "seed": seed,
-                "finetune_seconds": outcome.summary["finetune_seconds"],
-                "inconsistent_connections": outcome.summary["inconsistent_connections"],
-                "dead_units": outcome.summary["dead_units"],
-                **measure_deployable(outcome.model, data, calibration, Path(tmp)),
-                "provenance": provenance(
-                    seed=seed,
-                    data=data_spec,
-                    source_sha256=source_hash,
-                    epochs=epochs,
-                    seconds=time.perf_counter() - started,
-                ),
-            }
-            atomic_write(cell_file, json.dumps(record, indent=2), force=True)
-            bar.advance(task)
+        for method in methods:
+            multi_rate = method_class(method).multi_rate and len(rates) > 1
+            for seed in seeds:
+                missing = [
+                    r
+                    for r in rates
+                    if not (cells_dir / f"{cell_name(method, r, seed)}.json").exists()
+                ]
+                bar.advance(task, len(rates) - len(missing))
+                if not missing:
+                    continue
+                if multi_rate:
+                    # one fine-tune serves every rate of the grid: train once, extract each rate
+                    bar.update(task, cell=f"{method}-s{seed} (all rates)")
+                    started = time.perf_counter()
+                    multi_file = cells_dir / f"{method}-multi-s{seed}.pt"
+                    if multi_file.exists():
+                        multi = load_checkpoint(multi_file)
+                    else:
+                        multi = prune_cell(method, seed, list(rates)).checkpoint
+                        save_checkpoint(multi, multi_file, force=True)
+                    seconds = multi.pruning["finetune_seconds"]
+                    for rate in missing:
+                        bar.update(task, cell=cell_name(method, rate, seed))
+                        write_cell(method, rate, seed, extract(multi, rate), seconds, started)
+                        bar.advance(task)
+                    continue
+                for rate in missing:
+                    bar.update(task, cell=cell_name(method, rate, seed))
+                    started = time.perf_counter()
+                    outcome = prune_cell(method, seed, [rate])
+                    seconds = outcome.summary["finetune_seconds"]
+                    write_cell(method, rate, seed, outcome, seconds, started)
+                    bar.advance(task)
     records = [
         json.loads((cells_dir / f"{cell_name(m, r, s)}.json").read_text()) for m, r, s in grid
     ]
-    results = {
-        "format": FORMAT,
-        "model": str(model_path),
-        "data": data_spec,
-        "dense": json.loads(dense_file.read_text()),
-        "records": records,
-    }
-    results_path = out_dir / "results.json"
-    atomic_write(results_path, json.dumps(results, indent=2, default=str), force=True)
+    document = results_document(model_path, data_spec, json.loads(dense_file.read_text()), records)
+    results_path = write_results(out_dir / RESULTS_FILE, document, force=True)
     written = write_reports(load_results([results_path]), out_dir, force=True)
     return {"results": results_path, **written}

@@ -1,24 +1,41 @@
 """Training, fine-tuning and evaluation: one loop for dense training and every pruning method.
 
-The loop knows nothing about pruning. A pruning method plugs in through a :class:`FineTuneHooks`
-object: an extra loss term, a callback per step (schedules, temperature annealing), and the rule that
-turns the current state into the *deliverable* model (hard masks at exactly the requested rate).
-Model selection evaluates that deliverable on the validation split after every epoch and keeps the
-best one, so the epoch chosen is the epoch whose pruned model is best, never the test split.
+The loop knows nothing about pruning. Everything beyond "minimise the task loss over mini-batches"
+is a :class:`Callback`:
+
+- :class:`MethodHooks` plugs a pruning method in (``on_step`` before every forward pass, its loss
+  term added to the task loss);
+- :class:`ValidationSelection` evaluates, after every epoch, what would be shipped (the method's
+  hard masks at each requested rate, see :func:`gcnshrink.pruning.delivering`) on the validation
+  split, keeps the best state, and restores it at the end: the epoch chosen is the epoch whose
+  pruned model is best on validation, never on the test split;
+- :class:`ProgressDisplay` draws the progress bar;
+- :class:`PeriodicState` writes everything needed to resume (model, optimizer, RNG streams, method
+  and selection state) every few epochs, atomically; ``fit(..., resume_from=path)`` continues a run
+  so that its result is the one the uninterrupted run would have given.
+
+The optimizer's parameter groups come from the method (``param_groups``). Three seams are meant for
+a distributed run (DistributedDataParallel): :meth:`TrainingLoop.batch_order` (a sampler's share of
+the epoch), :attr:`TrainingLoop.forward_model` (the wrapped model) and
+:meth:`TrainingLoop.reduce_sum` (metrics summed across processes).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from gcnshrink.checkpoint import read_torch_file
 from gcnshrink.data import SkeletonData
+from gcnshrink.errors import GcnshrinkError
+from gcnshrink.files import atomic_write
+from gcnshrink.pruning import PruningMethod, delivering
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -63,19 +80,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
 
 
 @dataclass
-class FineTuneHooks:
-    """How a pruning method plugs into the loop. Every field is optional."""
-
-    extra_loss: Callable[[], torch.Tensor | None] | None = None
-    on_step: Callable[[float], None] | None = None  # called with training progress in [0, 1]
-    deliverable: Callable[[nn.Module], nn.Module] | None = None  # current state -> model to ship
-    selectable: Callable[[], bool] | None = (
-        None  # may this state be selected (masks meet the rate)?
-    )
-    status: Callable[[], str] | None = None  # training state for the progress bar (keep it cheap)
-
-
-@dataclass
 class TrainConfig:
     epochs: int = 150
     batch_size: int = 64
@@ -89,88 +93,330 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    model: nn.Module  # the best deliverable, on the CPU, in eval mode
+    """The trained model, restored to the selected epoch, on the CPU, in eval mode.
+
+    With a method, the model still carries its parametrizations (``bake(model, masks[rate])``
+    makes the result permanent) and ``masks`` holds the selected masks per requested rate.
+    """
+
+    model: nn.Module
     best_epoch: int
     best_val_accuracy: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    masks: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)
+    val_accuracy_by_rate: dict[float, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- callbacks
+class Callback:
+    """A piece of the loop's behaviour. Every hook is optional."""
+
+    def on_fit_start(self, loop: TrainingLoop) -> None: ...
+
+    def on_step_start(self, loop: TrainingLoop, progress: float) -> None: ...
+
+    def extra_loss(self, loop: TrainingLoop) -> torch.Tensor | None:
+        return None
+
+    def on_epoch_end(self, loop: TrainingLoop, record: dict) -> None: ...
+
+    def on_fit_end(self, loop: TrainingLoop) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class MethodHooks(Callback):
+    """The pruning method's schedule and loss term."""
+
+    def __init__(self, method: PruningMethod):
+        self.method = method
+
+    def on_step_start(self, loop: TrainingLoop, progress: float) -> None:
+        self.method.on_step(progress)
+
+    def extra_loss(self, loop: TrainingLoop) -> torch.Tensor | None:
+        return self.method.loss()
+
+
+class ValidationSelection(Callback):
+    """Keep the state whose deliverable is best on the validation split; restore it at the end.
+
+    With a method, the deliverable at each requested rate is the model under the method's hard
+    masks at that rate, evaluated without copying the model; a multi-rate method is scored by its
+    mean validation accuracy over the rates. Ties go to the later epoch (same accuracy after more
+    training).
+    """
+
+    def __init__(self, data: SkeletonData, method: PruningMethod | None = None):
+        self.data = data
+        self.method = method
+        self.best: dict | None = None
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        return self.method.spec.rates if self.method is not None else ()
+
+    def _score(self, model: nn.Module) -> tuple[float, dict, dict]:
+        data = self.data
+        if self.method is None:
+            accuracy = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
+            return accuracy, {}, {}
+        masks, by_rate = {}, {}
+        for rate in self.rates:
+            masks[rate] = self.method.masks_at(rate)
+            with delivering(model, masks[rate]):
+                by_rate[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)[
+                    "accuracy"
+                ]
+        return sum(by_rate.values()) / len(by_rate), masks, by_rate
+
+    def _keep(self, loop: TrainingLoop, accuracy: float, masks: dict, by_rate: dict) -> None:
+        self.best = {
+            "val_accuracy": accuracy,
+            "epoch": loop.epoch,
+            "model": {k: v.detach().clone() for k, v in loop.model.state_dict().items()},
+            "method": copy.deepcopy(self.method.state_dict()) if self.method else {},
+            "masks": {r: {k: v.clone() for k, v in m.items()} for r, m in masks.items()},
+            "val_accuracy_by_rate": dict(by_rate),
+        }
+
+    def on_epoch_end(self, loop: TrainingLoop, record: dict) -> None:
+        if self.method is not None and not self.method.ready():
+            return
+        accuracy, masks, by_rate = self._score(loop.model)
+        record["val_accuracy"] = accuracy
+        if by_rate and len(by_rate) > 1:
+            record["val_accuracy_by_rate"] = {f"{r:g}": a for r, a in by_rate.items()}
+        if self.best is None or accuracy >= self.best["val_accuracy"]:
+            self._keep(loop, accuracy, masks, by_rate)
+
+    def on_fit_end(self, loop: TrainingLoop) -> None:
+        if self.best is None:  # no epoch met the rate (a schedule longer than the fine-tune)
+            accuracy, masks, by_rate = self._score(loop.model)
+            self._keep(loop, accuracy, masks, by_rate)
+            self.best["epoch"] = loop.config.epochs
+        loop.model.load_state_dict(self.best["model"])
+        if self.method is not None:
+            self.method.load_state_dict(self.best["method"])
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+
+class ProgressDisplay(Callback):
+    """A rich progress bar: loss, validation accuracy, best so far, the method's status."""
+
+    def __init__(self, description: str, method: PruningMethod | None, enabled: bool):
+        self.description, self.method, self.enabled = description, method, enabled
+        self.progress: Progress | None = None
+
+    def on_fit_start(self, loop: TrainingLoop) -> None:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+        )
+        self.progress = Progress(*columns, disable=not self.enabled, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(
+            self.description, total=loop.config.epochs, completed=loop.epoch, info=""
+        )
+
+    def on_epoch_end(self, loop: TrainingLoop, record: dict) -> None:
+        best = max(
+            (r["val_accuracy"] for r in loop.history + [record] if r["val_accuracy"] is not None),
+            default=None,
+        )
+        shown = "-" if record["val_accuracy"] is None else f"{record['val_accuracy']:.1%}"
+        info = f"loss {record['loss']:.3f}"
+        if best is not None:
+            info += f"  val {shown}  best {best:.1%}"
+        if self.method is not None and self.enabled:
+            info += "  " + self.method.status()
+        self.progress.update(self.task, advance=1, info=info)
+
+
+class PeriodicState(Callback):
+    """Write the loop's whole state to ``path`` every ``every`` epochs (atomically)."""
+
+    def __init__(self, path: str | Path, every: int = 1):
+        if every < 1:
+            raise GcnshrinkError(f"state must be written at least every epoch, got every={every}")
+        self.path, self.every = Path(path), every
+
+    def on_epoch_end(self, loop: TrainingLoop, record: dict) -> None:
+        # the record is complete: every other callback has run before this one
+        if loop.epoch % self.every == 0 or loop.epoch == loop.config.epochs:
+            state = loop.state_dict(finished_record=record)
+            atomic_write(self.path, lambda f: torch.save(state, f), force=True)
+
+
+# ---------------------------------------------------------------------------- the loop
+class TrainingLoop:
+    """Mini-batch training with callbacks. ``run()`` returns a :class:`FitResult`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: SkeletonData,
+        config: TrainConfig,
+        method: PruningMethod | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+    ):
+        self.model, self.data, self.config, self.method = model, data, config, method
+        self.callbacks = list(callbacks)
+        seed_everything(config.seed)
+        self.device = pick_device(config.device)
+        model.to(self.device)
+        self.forward_model: nn.Module = model  # a distributed run puts its wrapper here
+        groups = method.param_groups(model) if method is not None else model.parameters()
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0  # epochs finished
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---------------------------------------------------------------- seams for distribution
+    def batch_order(self) -> torch.Tensor:
+        """This epoch's sample order (a distributed run takes its rank's share)."""
+        return torch.randperm(len(self.data.x_train), generator=self.generator)
+
+    def reduce_sum(self, value: float) -> float:
+        """A metric summed over the processes of a distributed run (one process: itself)."""
+        return value
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = len(self.data.x_train)
+        return max(1, (n + self.config.batch_size - 1) // self.config.batch_size)
+
+    # ---------------------------------------------------------------- state for resuming
+    def state_dict(self, finished_record: dict | None = None) -> dict:
+        history = self.history + ([finished_record] if finished_record is not None else [])
+        return {
+            "format": "gcnshrink.train-state/1",
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "method": self.method.state_dict() if self.method is not None else {},
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+            "config": {"epochs": self.config.epochs, "seed": self.config.seed},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != "gcnshrink.train-state/1":
+            raise GcnshrinkError("not a gcnshrink training state file")
+        if state["config"]["seed"] != self.config.seed:
+            raise GcnshrinkError(
+                f"the saved run used seed {state['config']['seed']}, this one {self.config.seed}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.method is not None:
+            self.method.load_state_dict(state["method"])
+        for callback in self.callbacks:
+            if type(callback).__name__ in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][type(callback).__name__])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+
+    # ---------------------------------------------------------------- training
+    def train_epoch(self) -> dict:
+        config, data = self.config, self.data
+        total_steps = self.steps_per_epoch * config.epochs
+        self.model.train()
+        order = self.batch_order()
+        epoch_loss, seen = 0.0, 0
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            xb, yb = data.x_train[idx].to(self.device), data.y_train[idx].to(self.device)
+            for callback in self.callbacks:
+                callback.on_step_start(self, self.step / max(total_steps - 1, 1))
+            loss = self.loss_fn(self.forward_model(xb), yb)
+            for callback in self.callbacks:
+                extra = callback.extra_loss(self)
+                if extra is not None:
+                    loss = loss + extra
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            epoch_loss += loss.item() * len(idx)
+            seen += len(idx)
+            self.step += 1
+        mean_loss = self.reduce_sum(epoch_loss) / max(self.reduce_sum(seen), 1)
+        return {"epoch": self.epoch + 1, "loss": mean_loss, "val_accuracy": None}
+
+    def run(self) -> FitResult:
+        started = time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        try:
+            while self.epoch < self.config.epochs:
+                record = self.train_epoch()
+                self.epoch += 1
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record)
+                self.history.append(record)
+        finally:
+            for callback in self.callbacks:
+                if isinstance(callback, ProgressDisplay) and callback.progress is not None:
+                    callback.progress.stop()
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        selection = next(c for c in self.callbacks if isinstance(c, ValidationSelection))
+        best = selection.best
+        self.model.cpu().eval()
+        return FitResult(
+            self.model,
+            best["epoch"],
+            best["val_accuracy"],
+            self.history,
+            time.perf_counter() - started,
+            best["masks"],
+            best["val_accuracy_by_rate"],
+        )
 
 
 def fit(
     model: nn.Module,
     data: SkeletonData,
     config: TrainConfig,
-    hooks: FineTuneHooks | None = None,
+    method: PruningMethod | None = None,
     description: str = "train",
+    *,
+    state_path: str | Path | None = None,
+    resume_from: str | Path | None = None,
 ) -> FitResult:
-    """Train ``model`` on data.train; keep the deliverable that is best on data.val."""
-    hooks = hooks or FineTuneHooks()
-    seed_everything(config.seed)
-    device = pick_device(config.device)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    generator = torch.Generator().manual_seed(config.seed)
-    n = len(data.x_train)
-    steps_per_epoch = max(1, (n + config.batch_size - 1) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    best: tuple[float, int, nn.Module] | None = None
-    history: list[dict] = []
-    started = time.perf_counter()
-    deliver = hooks.deliverable or (lambda m: m)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not config.progress, transient=False) as progress:
-        task = progress.add_task(description, total=config.epochs, info="")
-        step = 0
-        for epoch in range(config.epochs):
-            model.train()
-            order = torch.randperm(n, generator=generator)
-            epoch_loss, seen = 0.0, 0
-            for i in range(0, n, config.batch_size):
-                idx = order[i : i + config.batch_size]
-                xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
-                if hooks.on_step:
-                    hooks.on_step(step / max(total_steps - 1, 1))
-                loss = loss_fn(model(xb), yb)
-                if hooks.extra_loss:
-                    extra = hooks.extra_loss()
-                    if extra is not None:
-                        loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_loss += loss.item() * len(idx)
-                seen += len(idx)
-                step += 1
-            record = {"epoch": epoch + 1, "loss": epoch_loss / max(seen, 1), "val_accuracy": None}
-            if hooks.selectable is None or hooks.selectable():
-                candidate = deliver(model)
-                val = evaluate(candidate, data.x_val, data.y_val, data.num_classes)
-                record["val_accuracy"] = val["accuracy"]
-                # ties go to the later epoch: same validation accuracy after more training
-                if best is None or val["accuracy"] >= best[0]:
-                    best = (val["accuracy"], epoch + 1, copy.deepcopy(candidate).cpu())
-            history.append(record)
-            shown = "-" if record["val_accuracy"] is None else f"{record['val_accuracy']:.1%}"
-            info = (
-                f"loss {record['loss']:.3f}  val {shown}  best {best[0]:.1%}"
-                if best
-                else f"loss {record['loss']:.3f}"
-            )
-            if hooks.status and config.progress:
-                info += "  " + hooks.status()
-            progress.update(task, advance=1, info=info)
-    if (
-        best is None
-    ):  # no epoch met the rate (a schedule longer than the fine-tune): ship the end state
-        final = deliver(model)
-        val = evaluate(final, data.x_val, data.y_val, data.num_classes)
-        best = (val["accuracy"], config.epochs, copy.deepcopy(final).cpu())
-    best_model = best[2].eval()
-    return FitResult(best_model, best[1], best[0], history, time.perf_counter() - started)
+    """Train ``model`` (with ``method`` attached, if any) on data.train; keep what is best on
+    data.val. ``state_path`` writes resumable state every epoch; ``resume_from`` continues from it."""
+    callbacks: list[Callback] = []
+    if method is not None:
+        callbacks.append(MethodHooks(method))
+    callbacks += [
+        ValidationSelection(data, method),
+        ProgressDisplay(description, method, config.progress),
+    ]
+    if state_path is not None:
+        callbacks.append(PeriodicState(state_path))
+    loop = TrainingLoop(model, data, config, method, callbacks)
+    if resume_from is not None:
+        loop.load_state_dict(read_torch_file(resume_from))
+    return loop.run()

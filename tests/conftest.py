@@ -73,17 +73,19 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def make_model() -> Callable[..., nn.Module]:
-    """``make_model(arch, layout="sbu15", num_classes=5, **config)``: a small randomized zoo model
-    in eval mode (ST-GCN at base width 8, the attention GCN at its default widths)."""
-    from gcnshrink.layouts import get_layout
-    from gcnshrink.models import create_model
+    """``make_model(arch, layout="sbu15", num_classes=5, **config)``: the architecture's
+    ``tiny_config()`` with that layout, classes and overrides, randomized, in eval mode."""
+    from gcnshrink.models import create_model, model_class
 
     def build(arch: str, layout: str = "sbu15", num_classes: int = 5, seed: int = 0, **config):
-        if arch == "stgcn":
-            config.setdefault("base_width", 8)
+        config = {
+            **model_class(arch).tiny_config(),
+            "layout": layout,
+            "num_classes": num_classes,
+            **config,
+        }
         torch.manual_seed(seed)
-        model = create_model(arch, num_classes=num_classes, layout=get_layout(layout), **config)
-        return randomize_(model, seed)
+        return randomize_(create_model(arch, **config), seed)
 
     return build
 

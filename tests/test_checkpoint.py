@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from gcnshrink.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    rename_pyskl_stgcn,
-    save_checkpoint,
-)
+from gcnshrink.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.models import available_models
+from gcnshrink.models.stgcn import rename_pyskl_stgcn
 
-ARCHS = ("gcn", "stgcn")
+ARCHS = available_models()
 
 
 def logits(model, x):
@@ -50,9 +48,7 @@ class RunsCode:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_round_trip_gives_bit_identical_logits(arch, make_model, tmp_path):
     model = make_model(arch, layout="ntu25", num_classes=6)
-    masks = {
-        "fcn.weight" if arch == "stgcn" else "classifier.weight": torch.ones(2, 3, dtype=torch.bool)
-    }
+    masks = {model.unit_graph().prunable[-1].name: torch.ones(2, 3, dtype=torch.bool)}
     ckpt = Checkpoint.from_model(
         model,
         [f"c{i}" for i in range(6)],
@@ -283,7 +279,7 @@ def test_unknown_arch_argument_is_a_clear_error(make_model, tmp_path):
 
 
 def test_shape_mismatch_names_the_key_and_both_shapes(make_model, tmp_path):
-    state = make_model("stgcn", layout="ntu25").state_dict()
+    state = make_model("stgcn", layout="ntu25", base_width=8).state_dict()
     key = "st_gcn_networks.2.tcn.2.weight"
     state[key] = torch.randn(8, 8, 5, 1)  # a temporal kernel of 5 instead of ST-GCN's 9
     with pytest.raises(GcnshrinkError) as info:
@@ -301,6 +297,55 @@ def test_tampered_checkpoint_shape_mismatch(make_model, tmp_path):
     with pytest.raises(GcnshrinkError, match=r"classifier\.bias.*\(6,\).*\(5,\)") as info:
         loaded.build_model()
     assert "\n" not in str(info.value)
+
+
+def test_keys_that_fit_several_architectures_ask_for_arch(make_model, tmp_path):
+    # gcn's signature (blocks.*.query) and stgcn's (st_gcn_networks.*) at once
+    state = {**make_model("gcn").state_dict(), **make_model("stgcn").state_dict()}
+    with pytest.raises(GcnshrinkError, match=r"fit several architectures \(gcn, stgcn\)"):
+        load_checkpoint(save_raw(state, tmp_path / "both.pth"))
+
+
+def test_explicit_config_skips_the_inference(make_model, tmp_path):
+    # four heads: the bare-state import would assume eight and refuse or mis-split them
+    model = make_model("gcn", layout="hand21", heads=4, head_width=3, key_width=2)
+    path = save_raw(model.state_dict(), tmp_path / "gcn.pth")
+    ckpt = load_checkpoint(path, arch="gcn", config=model.config)
+    assert ckpt.config == model.config
+    x = sample(model)
+    assert torch.equal(logits(ckpt.build_model(), x), logits(model, x))
+
+
+def test_bad_config_in_a_checkpoint_is_one_line(make_model, tmp_path):
+    ckpt = Checkpoint.from_model(make_model("gcn"), [], {})
+    ckpt.config["hidden"] = -1
+    loaded = load_checkpoint(save_checkpoint(ckpt, tmp_path / "m.pt"))
+    message = r"cannot build 'gcn' from the checkpoint's config: hidden must be between 0 and"
+    with pytest.raises(GcnshrinkError, match=message):
+        loaded.build_model()
+
+
+def fake_data(**changes) -> SimpleNamespace:
+    data = {"spec": "fake", "num_classes": 5, "num_joints": 15, "persons": 2, "in_channels": 3}
+    return SimpleNamespace(**{**data, **changes})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compatible_data_passes_and_mismatches_are_named(arch, make_model):
+    ckpt = Checkpoint.from_model(make_model(arch, layout="sbu15", num_classes=5), [], {})
+    ckpt.check_compatible(fake_data())
+    mismatches = {
+        "model has 5 classes, data 'fake' has 7": fake_data(num_classes=7),
+        "model expects V=15 joints × M=2 persons, data 'fake' has V=25, M=2": fake_data(
+            num_joints=25
+        ),
+        "model expects V=15 joints × M=2 persons, data 'fake' has V=15, M=1": fake_data(persons=1),
+        "model expects C=3 channels, data has 2": fake_data(in_channels=2),
+    }
+    for message, data in mismatches.items():
+        with pytest.raises(GcnshrinkError) as info:
+            ckpt.check_compatible(data)
+        assert str(info.value) == message
 
 
 # ---------------------------------------------------------------------------- writing

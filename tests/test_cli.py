@@ -402,3 +402,27 @@ def test_compact_json_reports_widths_and_the_logit_check(cli, pruned_gcn, tmp_pa
     assert report["relative_diff"] <= 1e-5
     assert report["spaces"]["hidden"]["width_after"] <= report["spaces"]["hidden"]["width_before"]
     assert report["output"] == str(out)
+
+
+# ---------------------------------------------------------------------------- the Python API
+def test_api_verbs_return_what_the_cli_prints(cli, pruned_gcn, exported_gcn, tiny_spec, tmp_path):
+    from gcnshrink import api
+    from gcnshrink.errors import GcnshrinkError
+
+    path = pruned_gcn[0]
+    assert api.evaluate(path, tiny_spec) == ok_json(
+        cli("eval", path, "--data", tiny_spec, "--json")
+    )
+    inspected = json.loads(json.dumps(api.inspect(path), default=str))
+    assert inspected == ok_json(cli("inspect", path, "--json"))
+    assert [row["name"] for row in inspected["layers"]]
+
+    compacted = api.compact(path, tiny_spec)
+    assert compacted.summary["params_after"] < compacted.summary["params_before"]
+    assert compacted.checkpoint.provenance["compacted_from"] == str(path)
+
+    model = exported_gcn / "model.sparse.safetensors"
+    run = api.gate(model, max_bytes=model.stat().st_size - 1, config_dir=tmp_path)
+    assert run.exit_code == 1 and [c.name for c in run.checks] == ["bytes"]
+    with pytest.raises(GcnshrinkError, match="no budgets"):
+        api.gate(model, config_dir=tmp_path)

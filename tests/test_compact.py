@@ -23,7 +23,8 @@ from gcnshrink.compact import (
 )
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.layouts import get_layout
-from gcnshrink.models import create_model
+from gcnshrink.models import available_models, create_model
+from gcnshrink.testing import conformance_model
 
 FRAMES = 16
 
@@ -72,6 +73,15 @@ def small_stgcn():
     return model.eval()
 
 
+def small_model(arch: str, layout: str = "sbu15"):
+    """The zoo models above; any other registered architecture at its tiny config."""
+    if arch == "gcn":
+        return small_gcn(layout)
+    if arch == "stgcn":
+        return small_stgcn()
+    return conformance_model(arch)
+
+
 def calibration(model, batch: int = 4):
     torch.manual_seed(1)
     return model.example_input(batch, FRAMES)
@@ -108,11 +118,11 @@ def removed(result, space: str, reason: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- random pruning
-@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+@pytest.mark.parametrize("arch", available_models())
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # rebuilding empty heads
 def test_random_pruning_compacts_without_changing_logits(arch, rate):
-    model = small_gcn() if arch == "gcn" else small_stgcn()
+    model = small_model(arch)
     magnitude_prune(model, rate)
     x = calibration(model)
 
@@ -138,9 +148,9 @@ def test_random_pruning_compacts_without_changing_logits(arch, rate):
     assert torch.equal(logits(rebuilt, x), logits(result.model, x))
 
 
-@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+@pytest.mark.parametrize("arch", available_models())
 def test_compaction_is_idempotent(arch):
-    model = small_gcn("hand21") if arch == "gcn" else small_stgcn()
+    model = small_model(arch, "hand21")
     magnitude_prune(model, 0.97)
     x = calibration(model)
     once = compact_model(model, x).model
@@ -152,9 +162,9 @@ def test_compaction_is_idempotent(arch):
     assert twice.max_abs_logit_diff == 0.0
 
 
-@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+@pytest.mark.parametrize("arch", available_models())
 def test_dense_model_loses_nothing(arch):
-    model = small_gcn() if arch == "gcn" else small_stgcn()
+    model = small_model(arch)
     x = calibration(model)
 
     result = compact_model(model, x)

@@ -7,16 +7,17 @@ from gcnshrink.export import export_model
 from gcnshrink.layouts import get_layout
 from gcnshrink.models import create_model
 from gcnshrink.onnx_export import OnnxRunner
-from gcnshrink.pruning import PruneSpec, make_method
+from gcnshrink.pruning import PruneSpec, bake, create_method
 
 
 def pruned_checkpoint(arch: str, rate: float, **config) -> Checkpoint:
     torch.manual_seed(0)
     model = create_model(arch, num_classes=4, layout=get_layout("sbu15"), **config)
-    method = make_method("tcp", PruneSpec(rate))
-    method.attach(model)
+    method = create_method("tcp", PruneSpec((rate,)))
+    method.attach(model, model.unit_graph())
+    method.on_step(1.0)
     model(model.example_input(2, 16))
-    pruned = method.deliverable().eval()
+    pruned = bake(model, method.masks_at(rate)).eval()
     return Checkpoint.from_model(pruned, ["a", "b", "c", "d"], {"data": None})
 
 

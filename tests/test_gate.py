@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from gcnshrink import gate
+from gcnshrink import gate, quantities
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.gate import Budgets
 
-# ------------------------------------------------------------------------------------ units
+# ------------------------------------------------------------------ units (gcnshrink.quantities)
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ from gcnshrink.gate import Budgets
     ],
 )
 def test_parse_size_accepts_common_spellings(text, expected):
-    assert gate.parse_size(text) == expected
+    assert quantities.parse_size(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_parse_size_accepts_common_spellings(text, expected):
 )
 def test_parse_size_refuses_garbage(text):
     with pytest.raises(GcnshrinkError) as info:
-        gate.parse_size(text, "--max-bytes")
+        quantities.parse_size(text, "--max-bytes")
     assert str(info.value).startswith("--max-bytes")
     assert "\n" not in str(info.value)
 
@@ -52,35 +52,35 @@ def test_parse_size_refuses_garbage(text):
     [("50k", 50_000), ("1.2M", 1_200_000), ("3G", 3 * 10**9), ("20000", 20_000), (7, 7)],
 )
 def test_parse_count(text, expected):
-    assert gate.parse_count(text) == expected
+    assert quantities.parse_count(text) == expected
 
 
 @pytest.mark.parametrize("text", ["12MB", "-3", "x", "1.2.3"])
 def test_parse_count_refuses_garbage(text):
     with pytest.raises(GcnshrinkError):
-        gate.parse_count(text)
+        quantities.parse_count(text)
 
 
 def test_parse_fraction_and_latency():
-    assert gate.parse_fraction("0.8") == pytest.approx(0.8)
-    assert gate.parse_fraction("80%") == pytest.approx(0.8)
-    assert gate.parse_fraction("1pp") == pytest.approx(0.01)
+    assert quantities.parse_fraction("0.8") == pytest.approx(0.8)
+    assert quantities.parse_fraction("80%") == pytest.approx(0.8)
+    assert quantities.parse_fraction("1pp") == pytest.approx(0.01)
     with pytest.raises(GcnshrinkError, match="0.8 or 80%"):
-        gate.parse_fraction("80")  # almost surely meant 80 %, but a gate must not guess
+        quantities.parse_fraction("80")  # almost surely meant 80 %, but a gate must not guess
     with pytest.raises(GcnshrinkError):
-        gate.parse_fraction("120%")
-    assert gate.parse_latency_ms("12") == 12.0
-    assert gate.parse_latency_ms("0.5s") == 500.0
-    assert gate.parse_latency_ms("800us") == pytest.approx(0.8)
+        quantities.parse_fraction("120%")
+    assert quantities.parse_latency_ms("12") == 12.0
+    assert quantities.parse_latency_ms("0.5s") == 500.0
+    assert quantities.parse_latency_ms("800us") == pytest.approx(0.8)
 
 
 def test_human_formatting():
-    assert gate.format_bytes(64_000) == "64 KB"
-    assert gate.format_bytes(1_500_000) == "1.5 MB"
-    assert gate.format_bytes(812) == "812 B"
-    assert gate.format_count(20_500) == "20.5k"
-    assert gate.format_count(1_200_000) == "1.2M"
-    assert gate.format_count(None) == "—"
+    assert quantities.format_bytes(64_000) == "64 KB"
+    assert quantities.format_bytes(1_500_000) == "1.5 MB"
+    assert quantities.format_bytes(812) == "812 B"
+    assert quantities.format_count(20_500) == "20.5k"
+    assert quantities.format_count(1_200_000) == "1.2M"
+    assert quantities.format_count(None) == "—"
 
 
 # ---------------------------------------------------------------------------------- config
@@ -429,3 +429,26 @@ def test_explicit_config_path(tmp_path):
     assert gate.load_config(tmp_path).source is None  # unrelated shapes are not a gate table
     with pytest.raises(GcnshrinkError, match="no such table"):
         gate.load_config(path=odd)
+
+
+# ------------------------------------------------------------------------------- run_gate
+
+
+def test_run_gate_checks_every_configured_model(tmp_path, make_model):
+    from gcnshrink.checkpoint import Checkpoint, save_checkpoint
+
+    model = Checkpoint.from_model(make_model("gcn"), [], {})
+    size = save_checkpoint(model, tmp_path / "models" / "m.pt").stat().st_size
+    write(
+        tmp_path / "gcnshrink.toml",
+        f'[gate.models.a]\nmodel = "models/m.pt"\nmax_bytes = {size}\n\n'
+        f'[gate.models.b]\nmodel = "models/m.pt"\nmax_bytes = {size - 1}\n',
+    )
+    run = gate.run_gate(None, Budgets(), config_dir=tmp_path)
+    assert [gated.target.name for gated in run.models] == ["a", "b"]
+    assert [gated.exit_code for gated in run.models] == [0, 1] and run.exit_code == 1
+    assert [(c.model, c.passed) for c in run.checks] == [("a", True), ("b", False)]
+    assert [c["passed"] for c in json.loads(run.to_json())] == [True, False]
+    assert gate.run_gate(None, Budgets(warn_only=True), config_dir=tmp_path).exit_code == 0
+    with pytest.raises(GcnshrinkError, match="--min-accuracy needs --data"):
+        gate.run_gate(None, Budgets(min_accuracy=0.5), config_dir=tmp_path)

@@ -2,8 +2,10 @@
 
 import torch
 
+from gcnshrink.checkpoint import Checkpoint, save_checkpoint
+from gcnshrink.export import export_model
 from gcnshrink.layouts import get_layout
-from gcnshrink.measure import count_flops
+from gcnshrink.measure import DEPLOYABLE_KEYS, count_flops, measure_deployable, measure_model
 from gcnshrink.models import create_model
 
 
@@ -43,3 +45,38 @@ def test_stgcn_flops_include_the_graph_einsum():
     assert total > block0_aggregation
     # every cost but the tiny classifier grows with the number of frames
     assert 1.99 * total <= count_flops(model, frames=32) <= 2 * total
+
+
+def test_the_sweep_and_inspect_measure_a_shipped_model_alike(tiny_data, tmp_path):
+    """The sweep measures a model compacted in memory; inspect and gate measure the exported file.
+    Both go through the same functions, so the same key is the same number."""
+    torch.manual_seed(0)
+    model = create_model(
+        "gcn",
+        num_classes=tiny_data.num_classes,
+        layout=tiny_data.layout,
+        in_channels=tiny_data.in_channels,
+        heads=2,
+        head_width=4,
+        hidden=8,
+    ).eval()
+    calibration = tiny_data.x_val[:64]
+    deployable = measure_deployable(model, tiny_data, calibration)
+    assert set(deployable) == {*DEPLOYABLE_KEYS, "compaction_relative_diff"}
+    ckpt = Checkpoint.from_model(model, tiny_data.class_names, {})
+    export_model(ckpt, tmp_path, calibration=calibration, onnx=False, sparse=True)
+    shipped = measure_model(tmp_path / "model.sparse.safetensors", tiny_data)
+    same = ("params", "nonzero", "flops", "bytes_dense", "bytes_sparse", "accuracy")
+    assert {k: deployable[k] for k in same} == {k: shipped[k] for k in same}
+    assert deployable["latency_ms"] > 0 and deployable["bytes_onnx"] > 0
+
+
+def test_checkpoint_latency_is_onnx_runtime_latency(tmp_path):
+    """A checkpoint's latency_ms is timed on its ONNX export, like the sweep's and an ONNX file's."""
+    model = create_model(
+        "gcn", num_classes=3, layout=get_layout("sbu15"), heads=1, head_width=4, hidden=8
+    )
+    path = save_checkpoint(Checkpoint.from_model(model, [], {}), tmp_path / "m.pt")
+    measured = measure_model(path, latency=True, flops=False)
+    assert measured["latency_ms"] > 0 and measured["bytes_onnx"] > 0
+    assert measured["flops"] is None

@@ -10,14 +10,14 @@ import torch
 
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.layouts import LAYOUTS, get_layout
-from gcnshrink.models import available_models, create_model
+from gcnshrink.models import available_models, create_model, model_class
 
-ARCHS = ("gcn", "stgcn")
+ARCHS = available_models()
 
 
-def small_config(arch: str) -> dict:
+def small_config(arch: str, **overrides) -> dict:
     # ST-GCN at its default width is 3 M parameters; the behaviour under test does not need that
-    return {"base_width": 8} if arch == "stgcn" else {"hidden": 32}
+    return {**model_class(arch).tiny_config(), **overrides}
 
 
 def forward(model, x):
@@ -30,23 +30,25 @@ def all_tensors(model) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- registry
-def test_registry_lists_both_architectures():
-    assert set(ARCHS) <= set(available_models())
+def test_registry_lists_the_zoo():
+    assert {"gcn", "stgcn"} <= set(available_models())
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layout_name", sorted(LAYOUTS))
 def test_every_layout_builds_and_runs(arch, layout_name):
     layout = get_layout(layout_name)
-    model = create_model(arch, num_classes=7, layout=layout, **small_config(arch)).eval()
+    model = create_model(arch, **small_config(arch, num_classes=7, layout=layout)).eval()
     assert model.arch == arch
-    x = torch.randn(2, 3, 12, layout.num_joints, layout.persons)
+    assert model.layout == layout and model.num_classes == 7
+    x = torch.randn(2, model.in_channels, 12, layout.num_joints, layout.persons)
     logits = forward(model, x)
     assert logits.shape == (2, 7)
     assert torch.isfinite(logits).all()
     # the example input the tools use has the layout's V and M
     ex = model.example_input(1, 8)
-    assert ex.shape == (1, 3, 8, layout.num_joints, layout.persons)
+    assert ex.shape == (1, model.in_channels, 8, layout.num_joints, layout.persons)
+    assert tuple(ex.shape) == model.input_shape(1, 8)
 
 
 def test_unknown_architecture_lists_the_available_ones():
@@ -56,6 +58,66 @@ def test_unknown_architecture_lists_the_available_ones():
     assert "resnet50" in message
     for arch in ARCHS:
         assert arch in message
+
+
+BAD_CONFIGS = {
+    "negative-width": ("gcn", {"hidden": -3}, "hidden must be between 0 and"),
+    "absurd-width": ("gcn", {"head_width": 10**9}, "head_width must be between 1 and"),
+    "float-width": ("gcn", {"head_width": 16.0}, "head_width must be an integer, got 16.0"),
+    "bool-width": ("stgcn", {"base_width": True}, "base_width must be an integer"),
+    "string-count": ("gcn", {"heads": "8"}, "heads must be an integer, got '8'"),
+    "zero-classes": ("stgcn", {"num_classes": 0}, "num_classes must be between 1 and"),
+    "mix-range": ("gcn", {"mix": 1.5}, "mix must be between 0 and 1"),
+    "nan-dropout": ("stgcn", {"dropout": float("nan")}, "dropout must be between 0 and 1"),
+    "unknown-key": ("gcn", {"hiden": 32}, "unknown config key 'hiden'; known: "),
+    "layout-type": ("stgcn", {"layout": 25}, "layout must be a layout name"),
+    "layout-dict": ("gcn", {"layout": {"name": "x"}}, "layout is not a valid skeleton layout"),
+    "layout-name": ("gcn", {"layout": "ntu26"}, "unknown skeleton layout 'ntu26'"),
+    "gcn-block-keys": ("gcn", {"blocks": [{"value_widths": [4]}]}, "missing key_widths"),
+    "gcn-heads-differ": (
+        "gcn",
+        {"blocks": [{"value_widths": [4, 4], "key_widths": [2]}]},
+        "one value and one key width per head",
+    ),
+    "stgcn-chain": (
+        "stgcn",
+        {"blocks": [{"in": 3, "mid": 8, "out": 8, "stride": 1, "residual": "none"}] * 2},
+        r"blocks\[1\].in is 3, the width before it is 8",
+    ),
+    "stgcn-identity": (
+        "stgcn",
+        {"blocks": [{"in": 3, "mid": 8, "out": 8, "stride": 1, "residual": "identity"}]},
+        "identity residual but changes the width",
+    ),
+    "stgcn-data-bn": ("stgcn", {"data_bn": "CV"}, "data_bn must be one of 'VC', 'MVC'"),
+    "stgcn-importance": ("stgcn", {"edge_importance": "yes"}, "edge_importance must be true"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_one_line_naming_the_architecture_and_key(case):
+    arch, override, message = BAD_CONFIGS[case]
+    with pytest.raises(GcnshrinkError, match=message) as info:
+        # an absurd width must fail here, not after allocating a terabyte of weights
+        create_model(arch, **small_config(arch, **override))
+    assert str(info.value).startswith(f"{arch} config: ")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_config_needs_classes_and_layout(arch):
+    with pytest.raises(GcnshrinkError, match="config needs num_classes and layout"):
+        create_model(arch)
+
+
+def test_config_accepts_a_layout_object_its_dict_or_its_name():
+    built = [
+        create_model("gcn", **small_config("gcn", layout=layout))
+        for layout in (get_layout("ntu25"), get_layout("ntu25").to_dict(), "ntu25")
+    ]
+    assert built[0].config == built[1].config == built[2].config
+    assert built[0].config["layout"] == get_layout("ntu25").to_dict()
+    assert built[0].layout == get_layout("ntu25")
 
 
 def test_unknown_layout_is_a_clear_error():
@@ -121,7 +183,7 @@ def test_stgcn_adjacency_is_the_spatial_partitioning():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("layout_name", ["hand21", "ntu25"])
 def test_unit_graph_matches_the_model_tensors(arch, layout_name):
-    model = create_model(arch, num_classes=6, layout=get_layout(layout_name), **small_config(arch))
+    model = create_model(arch, **small_config(arch, num_classes=6, layout=layout_name))
     graph = model.unit_graph()
     graph.check_against(all_tensors(model))
     names = {b.name for b in graph.prunable}
@@ -134,8 +196,8 @@ def test_unit_graph_matches_the_model_tensors(arch, layout_name):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_unit_graph_check_catches_a_different_model(arch):
-    model = create_model(arch, num_classes=6, layout=get_layout("sbu15"), **small_config(arch))
-    other = create_model(arch, num_classes=9, layout=get_layout("sbu15"), **small_config(arch))
+    model = create_model(arch, **small_config(arch, num_classes=6, layout="sbu15"))
+    other = create_model(arch, **small_config(arch, num_classes=9, layout="sbu15"))
     with pytest.raises(ValueError):
         model.unit_graph().check_against(all_tensors(other))
 
@@ -143,9 +205,9 @@ def test_unit_graph_check_catches_a_different_model(arch):
 # ---------------------------------------------------------------------------- behaviour
 @pytest.mark.parametrize("arch", ARCHS)
 def test_eval_mode_is_deterministic(arch, make_model):
-    model = make_model(arch, **small_config(arch))
+    model = make_model(arch)
     model.train()  # dropout active: two passes differ ...
-    x = torch.randn(3, 3, 16, 15, 2)
+    x = model.example_input(3, 16)
     torch.manual_seed(1)
     a = model(x)
     torch.manual_seed(2)
@@ -162,10 +224,10 @@ def test_eval_mode_is_deterministic(arch, make_model):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("frames", [4, 5, 7, 33])
 def test_any_sequence_length_at_least_chunks(arch, frames, make_model):
-    model = make_model(arch, **small_config(arch))
+    model = make_model(arch)
     chunks = model.config.get("chunks", 4)
     assert frames >= chunks
-    logits = forward(model, torch.randn(2, 3, frames, 15, 2))
+    logits = forward(model, model.example_input(2, frames))
     assert logits.shape == (2, 5)
     assert torch.isfinite(logits).all()
 
@@ -178,7 +240,7 @@ def test_gcn_refuses_fewer_frames_than_chunks(make_model):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_config_round_trips_through_json(arch, make_model):
-    model = make_model(arch, layout="ntu25", num_classes=11, **small_config(arch))
+    model = make_model(arch, layout="ntu25", num_classes=11)
     text = json.dumps(model.config)
     config = json.loads(text)
     rebuilt = create_model(arch, **config).eval()
@@ -189,7 +251,7 @@ def test_config_round_trips_through_json(arch, make_model):
         k: tuple(v.shape) for k, v in own.items()
     }
     rebuilt.load_state_dict(own, strict=True)
-    x = torch.randn(2, 3, 16, 25, 2)
+    x = model.example_input(2, 16)
     assert torch.equal(forward(rebuilt, x), forward(model, x))
 
 

@@ -6,33 +6,34 @@ import math
 
 import pytest
 import torch
-from tiny_zoo import tiny_gcn, tiny_stgcn
+from tiny_zoo import tiny_builders, tiny_gcn
 from torch.nn.utils import prune as torch_prune
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning import PruneSpec, make_method, realized_rate
-from gcnshrink.pruning.base import global_budget, latent_weight
+from gcnshrink.graph import masks_from_weights, topology_summary
+from gcnshrink.pruning import PruneSpec, bake, create_method, realized_rate
+from gcnshrink.pruning.budget import global_budget
+from gcnshrink.pruning.method import latent_weight
 
-gcn, stgcn = tiny_gcn, tiny_stgcn
+gcn = tiny_gcn
 
 
-def attach(model, method, rate, **kw):
+def attach(model, method, rate, seed=0, **kw):
     spec_kw = {k: kw.pop(k) for k in ("scope", "exclude", "allow_collapse") if k in kw}
-    m = make_method(method, PruneSpec(rate, **spec_kw), **kw)
-    m.attach(model)
+    m = create_method(method, PruneSpec((rate,), **spec_kw), kw, seed=seed)
+    m.attach(model, model.unit_graph())
     return m
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.99, 0.999])
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders())
 def test_mp_global_rate_is_exact(build, rate):
     model = build()
     m = attach(model, "mp", rate, allow_collapse=True)
-    masks = m.final_masks()
+    masks = m.masks_at(rate)
     sizes = {n: t.numel() for n, t in masks.items()}
     assert sum(int(t.sum()) for t in masks.values()) == global_budget(sizes, rate)
-    deliverable = m.deliverable()
-    named = dict(deliverable.named_parameters())
+    named = dict(bake(model, masks).named_parameters())
     kept = sum(int((named[n] != 0).sum()) for n in masks)
     assert kept == global_budget(sizes, rate)
 
@@ -40,7 +41,7 @@ def test_mp_global_rate_is_exact(build, rate):
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])
 def test_mp_layer_scope_is_exact_per_tensor(rate):
     model = gcn()
-    masks = attach(model, "mp", rate, scope="layer").final_masks()
+    masks = attach(model, "mp", rate, scope="layer").masks_at(rate)
     for name, mask in masks.items():
         assert int(mask.sum()) == mask.numel() - round(rate * mask.numel()), name
 
@@ -50,7 +51,7 @@ def test_mp_masks_match_torch_global_unstructured(rate):
     model = gcn(3)
     reference = copy.deepcopy(model)
     m = attach(model, "mp", rate, allow_collapse=True)
-    ours = m.final_masks()
+    ours = m.masks_at(rate)
     params = []
     for name in ours:
         module_path, _, attr = name.rpartition(".")
@@ -65,46 +66,44 @@ def test_mp_masks_match_torch_global_unstructured(rate):
 def test_exclude_keeps_tensors_dense_and_out_of_budget():
     model = gcn()
     m = attach(model, "mp", 0.9, exclude=("classifier.*",), allow_collapse=True)
-    masks = m.final_masks()
+    masks = m.masks_at(0.9)
     assert "classifier.weight" not in masks
-    assert bool((m.deliverable().classifier.weight != 0).all())
+    assert bool((bake(model, masks).classifier.weight != 0).all())
     assert realized_rate(masks) == pytest.approx(0.9, abs=1e-4)
 
 
 def test_cubic_schedule_reaches_rate_only_at_the_end_of_the_ramp():
     model = gcn()
     m = attach(model, "mp", 0.9, schedule="cubic", ramp=0.5, allow_collapse=True)
-    assert not m.selectable()
+    assert not m.ready()
     m.on_step(0.1)
-    partial = 1 - sum(float(p.mask.sum()) for p in m.parametrizations.values()) / sum(
-        p.mask.numel() for p in m.parametrizations.values()
+    partial = 1 - sum(float(p.keep.sum()) for p in m.parametrizations.values()) / sum(
+        p.keep.numel() for p in m.parametrizations.values()
     )
     assert 0.0 < partial < 0.9
     m.on_step(0.5)
-    assert m.selectable()
-    assert realized_rate(m.final_masks()) == pytest.approx(0.9, abs=1e-4)
+    assert m.ready()
+    assert realized_rate(m.masks_at(0.9)) == pytest.approx(0.9, abs=1e-4)
 
 
 def test_random_masks_are_seeded_and_at_rate():
-    a = attach(gcn(), "random", 0.8, seed=1).final_masks()
-    b = attach(gcn(), "random", 0.8, seed=1).final_masks()
-    c = attach(gcn(), "random", 0.8, seed=2).final_masks()
+    a = attach(gcn(), "random", 0.8, seed=1).masks_at(0.8)
+    b = attach(gcn(), "random", 0.8, seed=1).masks_at(0.8)
+    c = attach(gcn(), "random", 0.8, seed=2).masks_at(0.8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert realized_rate(a) == pytest.approx(0.8, abs=1e-4)
 
 
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders())
 def test_structured_removes_whole_units(build):
     model = build()
     m = attach(model, "structured", 0.7)
-    masks = m.final_masks()
+    masks = m.masks_at(0.7)
     assert realized_rate(masks) >= 0.7
     g = model.unit_graph()
-    from gcnshrink.units import masks_from_weights
-
-    delivered = m.deliverable()
-    summary = g.topology_summary(masks_from_weights(g, dict(delivered.named_parameters())))
+    delivered = bake(model, masks)
+    summary = topology_summary(g, masks_from_weights(g, dict(delivered.named_parameters())))
     # whole units go: no weight is left dangling into or out of a removed unit
     assert summary["inconsistent_connections"] == 0
     assert m.removed_units > 0
@@ -113,12 +112,12 @@ def test_structured_removes_whole_units(build):
 @pytest.mark.parametrize("rate", [0.0, 1.0, 1.5, -0.1, math.nan])
 def test_bad_rates_are_refused(rate):
     with pytest.raises(GcnshrinkError, match="--rate"):
-        make_method("mp", PruneSpec(rate))
+        create_method("mp", PruneSpec((rate,)))
 
 
 def test_unknown_method_is_refused():
     with pytest.raises(GcnshrinkError, match="unknown method"):
-        make_method("magic", PruneSpec(0.5))
+        create_method("magic", PruneSpec((0.5,)))
 
 
 def test_layer_scope_rate_that_empties_a_tensor_is_refused():
@@ -147,6 +146,44 @@ def test_parametrized_weight_is_masked_and_latent_kept():
     name = "fc.weight"
     latent = latent_weight(model, name)
     effective = model.fc.weight
-    mask = m.final_masks()[name]
+    mask = m.masks_at(0.5)[name]
     assert torch.equal(effective, latent * mask)
     assert bool((latent[~mask] != 0).any())  # the latent weights survive under the mask
+
+
+def test_single_rate_method_serves_only_its_rate():
+    m = attach(gcn(), "mp", 0.9, allow_collapse=True)
+    with pytest.raises(GcnshrinkError, match="trained for rate 0.9, not 0.8"):
+        m.masks_at(0.8)
+    with pytest.raises(GcnshrinkError, match="trains for one rate"):
+        create_method("mp", PruneSpec((0.5, 0.9)))
+
+
+def test_method_options_are_checked_by_the_registry():
+    with pytest.raises(GcnshrinkError, match="--schedule applies to mp only, not --method tcp"):
+        create_method("tcp", PruneSpec((0.9,)), {"schedule": "cubic"})
+    with pytest.raises(GcnshrinkError, match="--schedule must be one of oneshot, cubic"):
+        create_method("mp", PruneSpec((0.9,)), {"schedule": "linear"})
+    with pytest.raises(GcnshrinkError, match="--budget-weight must be float"):
+        create_method("tcp", PruneSpec((0.9,)), {"budget_weight": "lots"})
+    with pytest.raises(GcnshrinkError, match="--ramp must be in"):
+        create_method("mp", PruneSpec((0.9,)), {"ramp": 1.5})
+    assert (
+        create_method("tcp", PruneSpec((0.9,)), {"budget_weight": 2}).options.budget_weight == 2.0
+    )
+
+
+def test_bake_leaves_a_plain_model_with_positive_zeros():
+    from torch.nn.utils import parametrize
+
+    model = gcn()
+    m = attach(model, "tcp", 0.9)
+    m.on_step(0.0)
+    masks = m.masks_at(0.9)
+    latent = {n: latent_weight(model, n).detach().clone() for n in masks}
+    baked = bake(model, masks)
+    assert not any(parametrize.is_parametrized(module) for module in baked.modules())
+    for name, mask in masks.items():
+        weight = dict(baked.named_parameters())[name]
+        assert torch.equal(weight[mask], latent[name][mask])
+        assert not torch.signbit(weight[~mask]).any()  # +0.0: sparse files compare bits

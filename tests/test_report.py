@@ -12,6 +12,7 @@ import pytest
 
 from gcnshrink import report
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.results import ResultSet, load_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -83,15 +84,15 @@ def write_run(folder: Path, results: dict) -> Path:
 
 
 @pytest.fixture
-def one_run(tmp_path) -> list[report.ResultSet]:
-    return report.load_results([write_run(tmp_path / "run-a", make_results())])
+def one_run(tmp_path) -> list[ResultSet]:
+    return load_results([write_run(tmp_path / "run-a", make_results())])
 
 
 @pytest.fixture
-def two_runs(tmp_path) -> list[report.ResultSet]:
+def two_runs(tmp_path) -> list[ResultSet]:
     a = write_run(tmp_path / "run-a", make_results())
     b = write_run(tmp_path / "run-b", make_results(accuracy_shift=0.01))
-    return report.load_results([a, b])
+    return load_results([a, b])
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -103,7 +104,7 @@ def test_load_results_validates_and_labels(tmp_path, one_run):
     assert rs.dense.accuracy == 0.85 and len(rs.records) == 6
     assert rs.records[0].finetune_seconds == 42.0
     # a folder stands for the results.json inside it
-    (again,) = report.load_results([tmp_path / "run-a"])
+    (again,) = load_results([tmp_path / "run-a"])
     assert again.records == rs.records
 
 
@@ -134,19 +135,19 @@ def test_bad_results_are_refused(tmp_path, results, message):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results), encoding="utf-8")
     with pytest.raises(GcnshrinkError, match=message) as info:
-        report.load_results([path])
+        load_results([path])
     assert "\n" not in str(info.value)
 
 
 def test_unreadable_results_are_refused(tmp_path):
     with pytest.raises(GcnshrinkError, match="not found"):
-        report.load_results([tmp_path / "missing.json"])
+        load_results([tmp_path / "missing.json"])
     broken = tmp_path / "broken.json"
     broken.write_text("{not json", encoding="utf-8")
     with pytest.raises(GcnshrinkError, match="invalid JSON"):
-        report.load_results([broken])
+        load_results([broken])
     with pytest.raises(GcnshrinkError, match="no results files"):
-        report.load_results([])
+        load_results([])
 
 
 # --------------------------------------------------------------------------------- markdown
@@ -218,7 +219,7 @@ def test_two_runs_are_compared(two_runs):
 def test_same_folder_names_get_unique_labels(tmp_path):
     a = write_run(tmp_path / "x" / "sweep", make_results())
     b = write_run(tmp_path / "y" / "sweep", make_results())
-    assert [rs.label for rs in report.load_results([a, b])] == ["sweep", "sweep#2"]
+    assert [rs.label for rs in load_results([a, b])] == ["sweep", "sweep#2"]
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -292,7 +293,7 @@ def test_html_is_self_contained_and_embeds_plots(tmp_path, one_run):
 def test_html_escapes_user_text(tmp_path):
     results = make_results()
     results["model"] = "<script>alert(1)</script>.pt"
-    (rs,) = report.load_results([write_run(tmp_path, results)])
+    (rs,) = load_results([write_run(tmp_path, results)])
     page = report.render_html([rs])
     assert "<script>" not in page and "&lt;script&gt;" in page
 
@@ -338,7 +339,7 @@ def test_missing_measurements_render_as_dashes(tmp_path):
         record["bytes_sparse"] = None
         record["latency_ms"] = None
     results["dense"] = {"accuracy": 0.85}  # method and rate default for the dense record
-    (rs,) = report.load_results([write_run(tmp_path, results)])
+    (rs,) = load_results([write_run(tmp_path, results)])
     text = report.render_markdown([rs])
     # without sparse sizes the summary falls back to nonzero counts
     assert "| Nonzero | Accuracy | Δ vs dense | Method | Rate |" in text

@@ -2,20 +2,33 @@
 
 import pytest
 import torch
-from tiny_zoo import tiny_gcn, tiny_stgcn
+from tiny_zoo import tiny_builders, tiny_gcn
 
-from gcnshrink.pruning import PruneSpec, make_method
-from gcnshrink.pruning.base import global_budget, score_weights
-from gcnshrink.pruning.tcp import consistent_budget_masks
-from gcnshrink.units import masks_from_weights
+from gcnshrink.graph import (
+    accessible,
+    coaccessible,
+    consistent,
+    consistent_budget_masks,
+    masks_from_weights,
+    topology_summary,
+)
+from gcnshrink.pruning import PruneSpec, bake, create_method
+from gcnshrink.pruning.budget import global_budget, score_weights
+
+
+def method_on(model, name, rate, **options):
+    method = create_method(name, PruneSpec((rate,), allow_collapse=True), options)
+    method.attach(model, model.unit_graph())
+    return method
+
+
+def project(g, scores, rate, **kw):
+    budget = global_budget({n: s.numel() for n, s in scores.items()}, rate)
+    return consistent_budget_masks(g, scores, budget, **kw)
 
 
 def gcn(seed=0):
     return tiny_gcn(seed, num_classes=6)
-
-
-def stgcn(seed=0):
-    return tiny_stgcn(seed, num_classes=6)
 
 
 def prunable_scores(model):
@@ -25,62 +38,58 @@ def prunable_scores(model):
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.99, 0.999])
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders(num_classes=6))
 def test_projection_is_consistent_and_exact(build, rate):
     model = build()
     g, scores = prunable_scores(model)
-    masks = consistent_budget_masks(g, scores, PruneSpec(rate))
+    masks = project(g, scores, rate)
     sizes = {n: s.numel() for n, s in scores.items()}
     assert sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, rate)
-    summary = g.topology_summary(masks)
+    summary = topology_summary(g, masks)
     assert summary["inconsistent_connections"] == 0
 
 
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders(num_classes=6))
 def test_magnitude_pruning_is_inconsistent_where_tcp_is_not(build):
     """The papers' observation on these models: MP at 0.99 keeps weights that lead nowhere."""
     model = build()
     g, scores = prunable_scores(model)
-    mp = make_method("mp", PruneSpec(0.99, allow_collapse=True))
-    mp.attach(build())
-    assert g.topology_summary(mp.final_masks())["inconsistent_connections"] > 0
-    tcp = consistent_budget_masks(g, scores, PruneSpec(0.99))
-    assert g.topology_summary(tcp)["inconsistent_connections"] == 0
+    mp = method_on(build(), "mp", 0.99)
+    assert topology_summary(g, mp.masks_at(0.99))["inconsistent_connections"] > 0
+    tcp = project(g, scores, 0.99)
+    assert topology_summary(g, tcp)["inconsistent_connections"] == 0
 
 
 def test_projection_keeps_the_consistent_part_of_mp_when_it_fits():
     """Post-hoc TCP is MP minus inconsistent weights plus refills: kept MP weights stay kept."""
     model = gcn(1)
     g, scores = prunable_scores(model)
-    mp = make_method("mp", PruneSpec(0.95, allow_collapse=True))
-    mp.attach(gcn(1))
-    mp_masks = mp.final_masks()
-    consistent_mp = g.consistent(mp_masks)
-    tcp = consistent_budget_masks(g, scores, PruneSpec(0.95))
+    mp_masks = method_on(gcn(1), "mp", 0.95).masks_at(0.95)
+    consistent_mp = consistent(g, mp_masks)
+    tcp = project(g, scores, 0.95)
     for name in tcp:
         # every consistent MP weight survives; inconsistent ones are replaced by consistent ones
         assert bool((tcp[name] | ~consistent_mp[name].view_as(tcp[name])).all()), name
 
 
 @pytest.mark.parametrize("rate", [0.9, 0.99, 0.999])
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders(num_classes=6))
 def test_tcp_deliverable_is_consistent_at_rate(build, rate):
     model = build()
-    method = make_method("tcp", PruneSpec(rate))
-    method.attach(model)
-    x = model.example_input(4, 12)
-    model(x)  # one controlled forward pass
-    delivered = method.deliverable()
+    method = method_on(model, "tcp", rate)
+    method.on_step(0.0)
+    model(model.example_input(4, 12))  # one training-time forward pass
+    delivered = bake(model, method.masks_at(rate))
     g = delivered.unit_graph()
     named = dict(delivered.named_parameters())
-    summary = g.topology_summary(masks_from_weights(g, named))
+    summary = topology_summary(g, masks_from_weights(g, named))
     assert summary["inconsistent_connections"] == 0
     kept = sum(int((named[b.name] != 0).sum()) for b in g.prunable)
     sizes = {b.name: named[b.name].numel() for b in g.prunable}
     assert kept == global_budget(sizes, rate)
     # no dead unit keeps a weight: every kept entry joins two live units
-    acc = g.accessible(masks_from_weights(g, named))
-    coacc = g.coaccessible(masks_from_weights(g, named))
+    acc = accessible(g, masks_from_weights(g, named))
+    coacc = coaccessible(g, masks_from_weights(g, named))
     for b in g.prunable:
         src, dst = g.entry_units(b, named[b.name].shape)
         kept_entries = named[b.name].reshape(-1) != 0
@@ -91,10 +100,10 @@ def test_tcp_deliverable_is_consistent_at_rate(build, rate):
 
 def test_gradients_flow_through_the_reparametrization():
     model = gcn()
-    method = make_method("tcp", PruneSpec(0.9))
-    method.attach(model)
+    method = method_on(model, "tcp", 0.9)
+    method.on_step(0.0)
     x = model.example_input(8, 12)
-    loss = model(x).logsumexp(dim=1).mean() + method.extra_loss()
+    loss = model(x).logsumexp(dim=1).mean() + method.loss()
     loss.backward()
     latent = method.latent()["blocks.1.value.weight"]
     mask = method.controller.current["blocks.1.value.weight"].detach().bool()
@@ -108,25 +117,25 @@ def test_gradients_flow_through_the_reparametrization():
 def test_budget_term_drives_the_consistent_count_to_the_budget():
     torch.manual_seed(0)
     model = gcn()
-    method = make_method("tcp", PruneSpec(0.9), budget_weight=1.0)
-    method.attach(model)
+    method = method_on(model, "tcp", 0.9, budget_weight=1.0)
     controller = method.controller
     # start far off: thresholds that keep about twice the budget (20 % of every tensor at rate 0.9)
     for name, w in method.latent().items():
         controller.thresholds[name] = float(w.detach().abs().reshape(-1).quantile(0.8))
     controller.compute()
     start = method.consistent_count()
-    assert start > 1.5 * method.budget
+    assert start > 1.5 * method.target_budget
     optimizer = torch.optim.Adam(method.latent().values(), lr=2e-3)
     for _ in range(300):
         controller.compute()
-        loss = method.extra_loss()
+        loss = method.loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     controller.compute()
     end = method.consistent_count()
-    assert abs(end - method.budget) < 0.1 * method.budget, (start, end, method.budget)
+    budget = method.target_budget
+    assert abs(end - budget) < 0.1 * budget, (start, end, budget)
 
 
 @pytest.mark.parametrize("threshold_quantile", [0.85, 0.95])
@@ -134,8 +143,7 @@ def test_final_masks_are_the_projection_of_the_trained_subnetwork(threshold_quan
     """What tcp ships is the subnetwork it trained, trimmed or filled to the budget at the margin,
     not a re-ranking of every latent weight (which lost 20 points at 0.99 on hands)."""
     model = gcn(3)
-    method = make_method("tcp", PruneSpec(0.9))
-    method.attach(model)
+    method = method_on(model, "tcp", 0.9)
     controller = method.controller
     # move the training-time mask away from the initial projection: keep ~15 % (more than the
     # 10 % budget) or ~5 % (less) of every tensor
@@ -145,63 +153,59 @@ def test_final_masks_are_the_projection_of_the_trained_subnetwork(threshold_quan
         )
     trained = {k: v.detach() > 0 for k, v in controller.compute().items()}
     trained_count = sum(int(m.sum()) for m in trained.values())
-    final = method.final_masks()
-    assert sum(int(m.sum()) for m in final.values()) == method.budget
+    final = method.masks_at(0.9)
+    budget = method.target_budget
+    assert sum(int(m.sum()) for m in final.values()) == budget
     inside = sum(int((final[k] & trained[k]).sum()) for k in trained)
-    if trained_count >= method.budget:  # trimmed: everything shipped was trained
-        assert inside == method.budget
+    if trained_count >= budget:  # trimmed: everything shipped was trained
+        assert inside == budget
     else:  # filled: everything trained is shipped
         assert inside == trained_count
     g = model.unit_graph()
-    assert g.topology_summary(final)["inconsistent_connections"] == 0
+    assert topology_summary(g, final)["inconsistent_connections"] == 0
 
 
 def test_status_reports_the_trained_mask_against_the_budget():
     model = gcn()
-    method = make_method("tcp", PruneSpec(0.9))
-    method.attach(model)
-    model(model.example_input(2, 12))
+    method = method_on(model, "tcp", 0.9)
+    method.on_step(0.0)
     assert method.status() == (
-        f"trained mask {method.consistent_count():,} / budget {method.budget:,}"
+        f"trained mask {method.consistent_count():,} / budget {method.target_budget:,}"
     )
 
 
-@pytest.mark.parametrize("build", [gcn, stgcn])
+@pytest.mark.parametrize("build", tiny_builders(num_classes=6))
 def test_projection_with_a_k_hint_is_the_same_projection(build):
     model = build(4)
     g, scores = prunable_scores(model)
-    spec = PruneSpec(0.98)
-    plain = consistent_budget_masks(g, scores, spec)
-    budget = global_budget({k: v.numel() for k, v in scores.items()}, spec.rate)
+    plain = project(g, scores, 0.98)
+    budget = global_budget({k: v.numel() for k, v in scores.items()}, 0.98)
     total = sum(v.numel() for v in scores.values())
     for hint in (0, budget - 5, budget, budget + 3, 2 * budget, total - 1, total + 10):
-        hinted = consistent_budget_masks(g, scores, spec, k_hint=hint)
+        hinted = project(g, scores, 0.98, k_hint=hint)
         assert all(torch.equal(hinted[k], plain[k]) for k in plain), hint
 
 
 def test_posthoc_variant_is_the_projection_of_the_dense_weights():
     model = gcn(2)
     g, scores = prunable_scores(model)
-    expected = consistent_budget_masks(g, score_weights(scores, "lamp"), PruneSpec(0.98))
-    method = make_method("tcp", PruneSpec(0.98), posthoc=True)
-    method.attach(model)
-    assert method.name == "tcp-posthoc"
-    got = method.final_masks()
+    expected = project(g, score_weights(scores, "lamp"), 0.98)
+    got = method_on(model, "tcp-posthoc", 0.98).masks_at(0.98)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("score", ["lamp", "magnitude"])
 def test_projection_is_exact_across_seeds_and_scores(seed, score):
-    for build in (gcn, stgcn):
+    for build in tiny_builders(num_classes=6):
         model = build(seed)
         g, raw = prunable_scores(model)
         scores = score_weights(raw, score)
         for rate in (0.98, 0.995, 0.999):
-            masks = consistent_budget_masks(g, scores, PruneSpec(rate))
+            masks = project(g, scores, rate)
             sizes = {n: s.numel() for n, s in scores.items()}
             assert sum(int(m.sum()) for m in masks.values()) == global_budget(sizes, rate), (
                 build.__name__,
                 rate,
             )
-            assert g.topology_summary(masks)["inconsistent_connections"] == 0
+            assert topology_summary(g, masks)["inconsistent_connections"] == 0

@@ -7,6 +7,14 @@
 - :mod:`gcnshrink.graph.projection`: the exact consistent projection of scores onto a budget.
 """
 
+from gcnshrink.graph.projection import consistent_budget_masks
+from gcnshrink.graph.propagation import (
+    accessible,
+    coaccessible,
+    consistent,
+    reachability,
+    topology_summary,
+)
 from gcnshrink.graph.units import (
     ActivationProbe,
     AxisMap,
@@ -18,6 +26,12 @@ from gcnshrink.graph.units import (
 )
 
 __all__ = [
+    "accessible",
+    "coaccessible",
+    "consistent",
+    "consistent_budget_masks",
+    "reachability",
+    "topology_summary",
     "ActivationProbe",
     "AxisMap",
     "Link",

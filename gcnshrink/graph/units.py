@@ -36,8 +36,35 @@ from dataclasses import dataclass, field
 
 import torch
 
-SIGNAL_LINKS = ("identity", "flatten")
-LINK_KINDS = (*SIGNAL_LINKS, "steer")
+
+@dataclass(frozen=True)
+class LinkKind:
+    """What a kind of link means, stated once; every consumer asks these questions, never the name.
+
+    - ``carries_signal``: the source's activation flows to the target (accessibility goes forward);
+    - ``joins_units``: source unit i and target unit i are added together, so they are kept or
+      removed together (a residual);
+    - ``derives_target``: the target space is made of the source's units (the flatten before a
+      fully connected layer); it is never decided on its own;
+    - ``steers``: the source re-weights how the target is aggregated without carrying channels, so
+      it carries co-accessibility back only from targets that carry signal.
+    """
+
+    name: str
+    carries_signal: bool
+    joins_units: bool = False
+    derives_target: bool = False
+    steers: bool = False
+
+
+LINK_KINDS = {
+    kind.name: kind
+    for kind in (
+        LinkKind("identity", carries_signal=True, joins_units=True),
+        LinkKind("flatten", carries_signal=True, derives_target=True),
+        LinkKind("steer", carries_signal=False, steers=True),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,14 @@ class TensorBinding:
     def target(self) -> str:
         return self.axes[self.target_axis].space
 
+    @property
+    def source_units(self) -> torch.Tensor:
+        return self.axes[self.source_axis].units
+
+    @property
+    def target_units(self) -> torch.Tensor:
+        return self.axes[self.target_axis].units
+
 
 @dataclass
 class Link:
@@ -106,6 +141,10 @@ class Link:
     def __post_init__(self) -> None:
         if self.kind not in LINK_KINDS:
             raise ValueError(f"unknown link kind {self.kind!r}")
+
+    @property
+    def semantics(self) -> LinkKind:
+        return LINK_KINDS[self.kind]
 
     @classmethod
     def identity(cls, source: str, target: str, width: int) -> Link:
@@ -138,9 +177,35 @@ class ActivationProbe:
     input_of: bool = False  # observe the module's input instead of its output
 
 
+def components(names: list[str], joins: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of ``names`` under ``joins`` (pairs outside ``names`` are ignored),
+    each in the order of ``names``, components ordered by their first member."""
+    parent = {name: name for name in names}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for a, b in joins:
+        if a in parent and b in parent:
+            parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(root(name), []).append(name)
+    return list(groups.values())
+
+
 @dataclass
 class UnitGraph:
-    """Unit spaces in forward order, the tensors that index them, and the links between them."""
+    """Unit spaces in forward order, the tensors that index them, and the links between them.
+
+    What follows from the declaration is worked out once, here: the prunable tensors, the edges
+    entering each space, the spaces derived by a flatten, the residual groups and the coupled unit
+    groups. Mask-dependent questions (accessibility, consistency) are in
+    :mod:`gcnshrink.graph.propagation`.
+    """
 
     spaces: list[UnitSpace]
     bindings: list[TensorBinding]
@@ -157,15 +222,58 @@ class UnitGraph:
             for axis, amap in b.axes.items():
                 if amap.space not in self.space_by_name:
                     raise ValueError(f"{b.name}: axis {axis} names unknown space {amap.space!r}")
+        self.prunable: list[TensorBinding] = [b for b in self.bindings if b.prunable]
+        self.incoming_weights: dict[str, list[TensorBinding]] = {s.name: [] for s in self.spaces}
+        for b in self.prunable:
+            self.incoming_weights[b.target].append(b)
+        self.incoming_links: dict[str, list[Link]] = {s.name: [] for s in self.spaces}
+        for link in self.links:
+            self.incoming_links[link.target].append(link)
+        self.derived: dict[str, Link] = {}
+        for link in self.links:
+            if link.semantics.derives_target:
+                if link.target in self.derived:
+                    raise ValueError(f"space {link.target} is the target of two flatten links")
+                self.derived[link.target] = link
+        for link in self.links:
+            if link.semantics.joins_units:
+                width = self.width(link.source)
+                units = torch.arange(width)
+                if self.width(link.target) != width or not (
+                    torch.equal(link.source_units, units) and torch.equal(link.target_units, units)
+                ):
+                    raise ValueError(
+                        f"identity link {link.source} -> {link.target} is not unit-by-unit"
+                    )
+        joins = [(link.source, link.target) for link in self.links if link.semantics.joins_units]
+        # residual chains over every space (compaction decides each chain as one)
+        self.residual_groups = components([s.name for s in self.spaces], joins)
+        # hidden units kept or removed together: residual chains and attention query/key pairs
+        # (derived spaces follow their source and belong to no group)
+        self.unit_groups = components(
+            [s.name for s in self.spaces if s.role == "hidden" and s.name not in self.derived],
+            joins + list(self.attention_pairs),
+        )
         self._entry_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ structure
-    @property
-    def prunable(self) -> list[TensorBinding]:
-        return [b for b in self.bindings if b.prunable]
-
     def width(self, space: str) -> int:
         return self.space_by_name[space].width
+
+    def derived_source(self, space: str) -> tuple[str, torch.Tensor]:
+        """A derived space's source space and the source unit of each of its units."""
+        link = self.derived[space]
+        source_unit = torch.empty(self.width(space), dtype=torch.long)
+        source_unit[link.target_units] = link.source_units
+        return link.source, source_unit
+
+    def with_derived(self, kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``kept`` (bool per unit) completed for derived spaces: unit (v, c) follows channel c."""
+        out = dict(kept)
+        for space in self.derived:
+            source, source_unit = self.derived_source(space)
+            out[space] = out[source][source_unit]
+        return out
 
     def entry_units(
         self, binding: TensorBinding, shape: torch.Size
@@ -199,38 +307,6 @@ class UnitGraph:
                 if len(amap.units) and int(amap.units.max()) >= self.width(amap.space):
                     raise ValueError(f"{b.name}: axis {axis} maps beyond space {amap.space}")
 
-    def derived_spaces(self) -> dict[str, Link]:
-        """Spaces fed only by a flatten link: their units follow their source channels."""
-        return {link.target: link for link in self.links if link.kind == "flatten"}
-
-    def unit_groups(self) -> list[list[str]]:
-        """Hidden spaces whose units must be kept or removed together, one list per group.
-
-        Identity links join spaces (a residual adds unit c to unit c), and attention pairs join a
-        head's query and key dimensions (q_i meets k_i in the score). Derived (flattened) spaces are
-        not in any group: they follow their source.
-        """
-        derived = self.derived_spaces()
-        parent = {
-            s.name: s.name for s in self.spaces if s.role == "hidden" and s.name not in derived
-        }
-
-        def find(x: str) -> str:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        joins = [(link.source, link.target) for link in self.links if link.kind == "identity"]
-        joins += self.attention_pairs
-        for a, b in joins:
-            if a in parent and b in parent:
-                parent[find(a)] = find(b)
-        groups: dict[str, list[str]] = {}
-        for name in parent:  # forward order
-            groups.setdefault(find(name), []).append(name)
-        return list(groups.values())
-
     def shortest_path_weights(self) -> int:
         """The fewest kept weights that can connect the input to the output (one per tensor on
         the shortest chain; links are free). No budget below this yields a working network."""
@@ -240,132 +316,13 @@ class UnitGraph:
                 dist[space.name] = 0
                 continue
             best = float("inf")
-            for edge in self._incoming(space.name):
-                if isinstance(edge, Link):
-                    if edge.kind in SIGNAL_LINKS:
-                        best = min(best, dist.get(edge.source, float("inf")))
-                else:
-                    best = min(best, dist.get(edge.source, float("inf")) + 1)
+            for link in self.incoming_links[space.name]:
+                if link.semantics.carries_signal:
+                    best = min(best, dist.get(link.source, float("inf")))
+            for b in self.incoming_weights[space.name]:
+                best = min(best, dist.get(b.source, float("inf")) + 1)
             dist[space.name] = best
         return int(min(dist[s.name] for s in self.spaces if s.role == "output"))
-
-    # ------------------------------------------------------------------ topology
-    def _incoming(self, space: str):
-        for b in self.prunable:
-            if b.target == space:
-                yield b
-        for link in self.links:
-            if link.target == space:
-                yield link
-
-    def accessible(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Units reachable from the input through kept weights and signal links.
-
-        ``masks`` maps prunable tensor names to boolean keep-masks (missing = fully kept).
-        """
-        reach: dict[str, torch.Tensor] = {}
-        for space in self.spaces:
-            if space.role == "input":
-                reach[space.name] = torch.ones(space.width, dtype=torch.bool)
-                continue
-            acc = torch.zeros(space.width, dtype=torch.bool)
-            for edge in self._incoming(space.name):
-                if isinstance(edge, Link):
-                    if edge.kind in SIGNAL_LINKS:
-                        src = reach[edge.source][edge.source_units]
-                        acc[edge.target_units[src]] = True
-                    continue
-                src_units, dst_units = self._units_for(edge, masks)
-                kept = self._kept(edge, masks)
-                live = kept & reach[edge.source][src_units]
-                acc[dst_units[live]] = True
-            reach[space.name] = acc
-        return reach
-
-    def coaccessible(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Units from which a kept path (weights or any link) reaches the output.
-
-        A steering link counts only towards target units that are also accessible: attention
-        re-weights the head's signal, and a head whose outputs carry no signal from the input
-        (row-stochastic attention over constants gives the same constants) needs no steering.
-        """
-        acc = self.accessible(masks) if any(link.kind == "steer" for link in self.links) else {}
-        reach: dict[str, torch.Tensor] = {}
-        for space in reversed(self.spaces):
-            if space.role == "output":
-                reach[space.name] = torch.ones(space.width, dtype=torch.bool)
-            else:
-                reach.setdefault(space.name, torch.zeros(space.width, dtype=torch.bool))
-            # push this space's co-accessibility back to its sources (all sources come earlier)
-            here = reach[space.name]
-            for edge in self._incoming(space.name):
-                src = reach.setdefault(
-                    edge.source, torch.zeros(self.width(edge.source), dtype=torch.bool)
-                )
-                if isinstance(edge, Link):
-                    useful = here[edge.target_units]
-                    if edge.kind == "steer":
-                        useful = useful & acc[space.name][edge.target_units]
-                    src[edge.source_units[useful]] = True
-                    continue
-                src_units, dst_units = self._units_for(edge, masks)
-                live = self._kept(edge, masks) & here[dst_units]
-                src[src_units[live]] = True
-        return reach
-
-    def consistent(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per prunable tensor: kept entries whose source is accessible and target co-accessible."""
-        acc = self.accessible(masks)
-        coacc = self.coaccessible(masks)
-        out = {}
-        for b in self.prunable:
-            src_units, dst_units = self._units_for(b, masks)
-            ok = self._kept(b, masks) & acc[b.source][src_units] & coacc[b.target][dst_units]
-            out[b.name] = ok
-        return out
-
-    def topology_summary(self, masks: dict[str, torch.Tensor]) -> dict:
-        """Counts for reports: kept, inconsistent connections and dead units, per tensor and space."""
-        acc = self.accessible(masks)
-        coacc = self.coaccessible(masks)
-        consistent = self.consistent(masks)
-        per_tensor = {}
-        inconsistent_total = 0
-        for b in self.prunable:
-            kept = int(self._kept(b, masks).sum())
-            bad = kept - int(consistent[b.name].sum())
-            inconsistent_total += bad
-            per_tensor[b.name] = {"kept": kept, "inconsistent": bad}
-        per_space = {}
-        dead_total = 0
-        for s in self.spaces:
-            if s.role != "hidden":
-                continue
-            alive = acc[s.name] & coacc[s.name]
-            dead = s.width - int(alive.sum())
-            dead_total += dead
-            per_space[s.name] = {
-                "width": s.width,
-                "not_accessible": int((~acc[s.name]).sum()),
-                "not_coaccessible": int((~coacc[s.name]).sum()),
-                "dead": dead,
-            }
-        return {
-            "inconsistent_connections": inconsistent_total,
-            "dead_units": dead_total,
-            "tensors": per_tensor,
-            "spaces": per_space,
-        }
-
-    # ------------------------------------------------------------------ helpers
-    def _units_for(self, b: TensorBinding, masks: dict[str, torch.Tensor]):
-        if b.name not in masks:
-            raise KeyError(f"no mask given for {b.name}; pass a mask for every prunable tensor")
-        return self.entry_units(b, masks[b.name].shape)
-
-    @staticmethod
-    def _kept(b: TensorBinding, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        return masks[b.name].reshape(-1).bool()
 
 
 def masks_from_weights(graph: UnitGraph, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,25 +20,87 @@ heads lost different numbers of units, is described by the same config.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
-from gcnshrink.layouts import Layout
-from gcnshrink.models.registry import SkeletonModel, register
+from gcnshrink.layouts import LAYOUTS, Layout
+from gcnshrink.models.base import (
+    MAX_COUNT,
+    MAX_WIDTH,
+    ModelConfig,
+    SkeletonModel,
+    check_dict,
+    check_float,
+    check_int,
+    check_list,
+)
+from gcnshrink.models.registry import register_model
 
-DEFAULTS = {
-    "in_channels": 3,
-    "chunks": 4,
-    "num_blocks": 3,
-    "heads": 8,
-    "head_width": 16,
-    "key_width": 8,
-    "hidden": 128,
-    "mix": 0.5,
-    "dropout": 0.1,
-}
+
+@dataclass(kw_only=True)
+class GCNConfig(ModelConfig):
+    """``blocks`` (per block, the width of every head's values and queries/keys) is derived from
+    ``num_blocks``, ``heads``, ``head_width`` and ``key_width`` when not given; a compacted model
+    gives it explicitly. ``attention_scale`` is derived from ``key_width`` once and then recorded,
+    so that it survives compaction."""
+
+    chunks: int = 4
+    num_blocks: int = 3
+    heads: int = 8
+    head_width: int = 16
+    key_width: int = 8
+    hidden: int = 128
+    mix: float = 0.5
+    dropout: float = 0.1
+    blocks: list[dict] | None = None
+    attention_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.chunks = check_int("chunks", self.chunks, 1, MAX_COUNT)
+        check_int("in_channels × chunks", self.in_channels * self.chunks, 1, MAX_WIDTH)
+        self.num_blocks = check_int("num_blocks", self.num_blocks, 1, MAX_COUNT)
+        self.heads = check_int("heads", self.heads, 1, MAX_COUNT)
+        self.head_width = check_int("head_width", self.head_width, 1, MAX_WIDTH)
+        self.key_width = check_int("key_width", self.key_width, 0, MAX_WIDTH)
+        self.hidden = check_int("hidden", self.hidden, 0, MAX_WIDTH)  # 0: compacted away
+        self.mix = check_float("mix", self.mix, 0.0, 1.0)
+        self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
+        if self.blocks is None:
+            self.blocks = [
+                {
+                    "value_widths": [self.head_width] * self.heads,
+                    "key_widths": [self.key_width] * self.heads,
+                }
+                for _ in range(self.num_blocks)
+            ]
+        blocks = check_list("blocks", self.blocks)
+        if not 1 <= len(blocks) <= MAX_COUNT:
+            raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
+        self.blocks = [_check_block(b, spec) for b, spec in enumerate(blocks)]
+        if self.attention_scale is None:
+            self.attention_scale = 1.0 / math.sqrt(max(self.key_width, 1))
+        self.attention_scale = check_float("attention_scale", self.attention_scale, 0.0, 1e6)
+
+
+def _check_block(b: int, spec: object) -> dict:
+    spec = check_dict(f"blocks[{b}]", spec, ("value_widths", "key_widths"))
+    widths = {}
+    for key in ("value_widths", "key_widths"):
+        values = check_list(f"blocks[{b}].{key}", spec[key])
+        widths[key] = [check_int(f"blocks[{b}].{key}", w, 0, MAX_WIDTH) for w in values]
+        check_int(f"blocks[{b}] total {key}", sum(widths[key]), 0, MAX_WIDTH)
+    if len(widths["value_widths"]) != len(widths["key_widths"]) or not widths["key_widths"]:
+        raise GcnshrinkError(
+            f"blocks[{b}] needs one value and one key width per head, got "
+            f"{len(widths['value_widths'])} and {len(widths['key_widths'])}"
+        )
+    return {"value_widths": widths["value_widths"], "key_widths": widths["key_widths"]}
 
 
 def node_adjacency(layout: Layout) -> torch.Tensor:
@@ -94,52 +156,50 @@ class AttentionGraphBlock(nn.Module):
         return self.act(torch.cat(outputs, dim=-1))
 
 
-@register("gcn")
+@register_model("gcn")
 class AttentionGCN(SkeletonModel):
     """The papers' multi-head attention GCN (default architecture)."""
 
-    @staticmethod
-    def complete_config(config: dict) -> dict:
-        cfg = {**DEFAULTS, **config}
-        if "num_classes" not in cfg or "layout" not in cfg:
-            raise ValueError("gcn needs num_classes and layout")
-        if isinstance(cfg["layout"], Layout):
-            cfg["layout"] = cfg["layout"].to_dict()
-        if "blocks" not in cfg:
-            cfg["blocks"] = [
-                {
-                    "value_widths": [cfg["head_width"]] * cfg["heads"],
-                    "key_widths": [cfg["key_width"]] * cfg["heads"],
-                }
-                for _ in range(cfg["num_blocks"])
-            ]
-        # the attention temperature stays what it was at training time, even after compaction
-        cfg.setdefault("attention_scale", 1.0 / math.sqrt(max(cfg["key_width"], 1)))
-        return cfg
+    config_class = GCNConfig
+    arch_config: GCNConfig
 
-    def __init__(self, config: dict):
+    def __init__(self, config: GCNConfig | Mapping):
         super().__init__(config)
-        layout = Layout.from_dict(config["layout"])
-        self.nodes = layout.num_joints * layout.persons
-        self.chunks = config["chunks"]
-        self.register_buffer("adjacency", node_adjacency(layout), persistent=False)
-        in_width = config["in_channels"] * config["chunks"]
+        cfg = self.arch_config
+        self.nodes = cfg.layout.num_joints * cfg.layout.persons
+        self.chunks = cfg.chunks
+        self.register_buffer("adjacency", node_adjacency(cfg.layout), persistent=False)
+        in_width = cfg.in_channels * cfg.chunks
         self.blocks = nn.ModuleList()
-        for spec in config["blocks"]:
+        for spec in cfg.blocks:
             self.blocks.append(
                 AttentionGraphBlock(
                     in_width,
                     spec["value_widths"],
                     spec["key_widths"],
-                    config["mix"],
-                    config["attention_scale"],
+                    cfg.mix,
+                    cfg.attention_scale,
                 )
             )
             in_width = sum(spec["value_widths"])
-        self.fc = nn.Linear(self.nodes * in_width, config["hidden"])
+        self.fc = nn.Linear(self.nodes * in_width, cfg.hidden)
         self.fc_act = nn.ReLU()
-        self.dropout = nn.Dropout(config["dropout"])
-        self.classifier = nn.Linear(config["hidden"], config["num_classes"])
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden, cfg.num_classes)
+
+    @classmethod
+    def tiny_config(cls) -> dict:
+        # eight heads as by default, which is what the import of a bare state dict assumes; two
+        # blocks, so that units cross from one block to the next
+        return {
+            "layout": "hand21",
+            "num_classes": 5,
+            "num_blocks": 2,
+            "heads": 8,
+            "head_width": 2,
+            "key_width": 1,
+            "hidden": 16,
+        }
 
     def node_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, T, V, M) -> (N, V·M, chunks·C): mean coordinates of each temporal chunk."""
@@ -164,8 +224,8 @@ class AttentionGCN(SkeletonModel):
 
     # ------------------------------------------------------------------ unit graph
     def unit_graph(self) -> UnitGraph:
-        cfg = self.config
-        in_width = cfg["in_channels"] * cfg["chunks"]
+        cfg = self.arch_config
+        in_width = cfg.in_channels * cfg.chunks
         spaces = [UnitSpace("input", in_width, "input")]
         bindings: list[TensorBinding] = []
         links: list[Link] = []
@@ -187,7 +247,7 @@ class AttentionGCN(SkeletonModel):
             bindings.append(TensorBinding(f"{name}.bias", {0: AxisMap.direct(target, target_w)}))
 
         attention_pairs = []
-        for b, spec in enumerate(cfg["blocks"]):
+        for b, spec in enumerate(cfg.blocks):
             qk_w, out_w = sum(spec["key_widths"]), sum(spec["value_widths"])
             q_space, k_space, out_space = f"block{b}.query", f"block{b}.key", f"block{b}.out"
             spaces += [
@@ -213,11 +273,11 @@ class AttentionGCN(SkeletonModel):
         flat_w = self.nodes * prev_width
         spaces.append(UnitSpace("flat", flat_w))
         links.append(Link.flatten(prev, "flat", prev_width, self.nodes))
-        spaces.append(UnitSpace("hidden", cfg["hidden"]))
-        linear("fc", "flat", flat_w, "hidden", cfg["hidden"])
+        spaces.append(UnitSpace("hidden", cfg.hidden))
+        linear("fc", "flat", flat_w, "hidden", cfg.hidden)
         probes["hidden"] = ActivationProbe("fc_act", -1)
-        spaces.append(UnitSpace("classes", cfg["num_classes"], "output"))
-        linear("classifier", "hidden", cfg["hidden"], "classes", cfg["num_classes"])
+        spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
+        linear("classifier", "hidden", cfg.hidden, "classes", cfg.num_classes)
         return UnitGraph(spaces, bindings, links, probes, attention_pairs)
 
     def compacted_config(self, kept: dict[str, torch.Tensor]) -> dict:
@@ -234,3 +294,58 @@ class AttentionGCN(SkeletonModel):
             cfg["blocks"].append({"value_widths": value_widths, "key_widths": key_widths})
         cfg["hidden"] = int(kept["hidden"].sum())
         return cfg
+
+    # ------------------------------------------------------------------ foreign checkpoints
+    @classmethod
+    def recognizes(cls, state: Mapping[str, torch.Tensor]) -> bool:
+        return any(k.startswith("blocks.") and k.endswith("query.weight") for k in state)
+
+    @classmethod
+    def infer_config(
+        cls, state: Mapping[str, torch.Tensor], layout: Layout | None, num_classes: int | None
+    ) -> dict:
+        return infer_gcn_config(state, layout)
+
+
+def infer_gcn_config(
+    state: Mapping[str, torch.Tensor], layout: Layout | None, heads: int = 8, chunks: int = 4
+) -> dict:
+    """A bare ``gcn`` state dict: widths from shapes; heads are assumed equal-width (8, the default).
+
+    How a block's widths split into heads is not in the shapes, and neither are ``chunks`` nor the
+    attention scale: a model trained with other values needs its config passed explicitly.
+    """
+    blocks, b = [], 0
+    while f"blocks.{b}.value.weight" in state:
+        value_w = int(state[f"blocks.{b}.value.weight"].shape[0])
+        key_w = int(state[f"blocks.{b}.query.weight"].shape[0])
+        if value_w % heads or key_w % heads:
+            raise GcnshrinkError(
+                f"block {b} widths ({value_w}, {key_w}) do not split into {heads} equal heads; pass --config"
+            )
+        blocks.append(
+            {"value_widths": [value_w // heads] * heads, "key_widths": [key_w // heads] * heads}
+        )
+        b += 1
+    if not blocks or "fc.weight" not in state or "classifier.weight" not in state:
+        raise GcnshrinkError("gcn checkpoint lacks blocks.0.value, fc or classifier weights")
+    in_width = int(state["blocks.0.value.weight"].shape[1])
+    last_width = sum(blocks[-1]["value_widths"])
+    nodes = int(state["fc.weight"].shape[1]) // last_width if last_width else 0
+    if layout is None:
+        candidates = [lay for lay in LAYOUTS.values() if lay.num_joints * lay.persons == nodes]
+        if len(candidates) != 1:
+            raise GcnshrinkError(
+                f"cannot tell the skeleton layout of a {nodes}-node gcn; pass --layout"
+            )
+        layout = candidates[0]
+    return {
+        "num_classes": int(state["classifier.weight"].shape[0]),
+        "layout": layout.to_dict(),
+        "in_channels": in_width // chunks,
+        "chunks": chunks,
+        "heads": heads,
+        "key_width": blocks[0]["key_widths"][0],
+        "hidden": int(state["fc.weight"].shape[0]),
+        "blocks": blocks,
+    }

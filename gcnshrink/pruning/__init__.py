@@ -1,45 +1,51 @@
-"""Pruning methods, by name. Each is a parametrization, loss terms, a schedule and a final mask rule."""
+"""Pruning methods by name, on one contract (:mod:`gcnshrink.pruning.method`).
 
-from __future__ import annotations
+Importing this package imports every module in it, so a built-in method is one new file that
+registers itself with ``@register_method``; :func:`available_methods` also lists the methods other
+packages add through the ``gcnshrink.methods`` entry-point group.
+"""
 
-from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning.base import PruneSpec, PruningMethod, realized_rate
-from gcnshrink.pruning.magnitude import MagnitudePruning, RandomPruning
-from gcnshrink.pruning.structured import StructuredPruning
-from gcnshrink.pruning.tcp import PosthocConsistentPruning, TopologicallyConsistentPruning
+import importlib
+import pkgutil
 
-METHODS: dict[str, type[PruningMethod]] = {
-    "mp": MagnitudePruning,
-    "random": RandomPruning,
-    "structured": StructuredPruning,
-    "tcp": TopologicallyConsistentPruning,
-    "tcp-posthoc": PosthocConsistentPruning,
-}
-
-
-def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def make_method(name: str, spec: PruneSpec, seed: int = 0, **options) -> PruningMethod:
-    if name == "tcp" and options.pop("posthoc", False):
-        name = "tcp-posthoc"
-    options.pop("posthoc", None)
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise GcnshrinkError(
-            f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
-        ) from None
-    return cls(spec, seed=seed, **options)
-
+from gcnshrink.pruning.budget import PruneSpec, realized_rate
+from gcnshrink.pruning.method import (
+    HardMask,
+    MaskParametrization,
+    NoOptions,
+    PruningMethod,
+    bake,
+    delivering,
+    option,
+    remove_masks,
+)
+from gcnshrink.pruning.registry import (
+    available_methods,
+    create_method,
+    method_class,
+    option_table,
+    register_method,
+    unregister_method,
+)
 
 __all__ = [
-    "METHODS",
+    "HardMask",
+    "MaskParametrization",
+    "NoOptions",
     "PruneSpec",
     "PruningMethod",
-    "make_method",
+    "available_methods",
+    "bake",
+    "create_method",
+    "delivering",
+    "method_class",
+    "option",
+    "option_table",
     "realized_rate",
     "register_method",
+    "remove_masks",
+    "unregister_method",
 ]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # registration side effects

@@ -1,21 +1,20 @@
 """``mp``: magnitude pruning (Han et al. 2015), one-shot or gradual (Zhu & Gupta 2017's cubic
-schedule), with masked fine-tuning. Global by default: the same masks as
+schedule), with masked fine-tuning; ``random``: random masks at the same rate (a sanity baseline).
+
+Global by default: the same masks as
 ``torch.nn.utils.prune.global_unstructured(..., pruning_method=L1Unstructured)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning.base import (
-    HardMask,
-    PruneSpec,
-    PruningMethod,
-    check_score,
-    score_weights,
-    topk_masks,
-)
+from gcnshrink.pruning.budget import SCORES, score_weights, topk_masks
+from gcnshrink.pruning.method import HardMask, NoOptions, PruningMethod, option
+from gcnshrink.pruning.registry import register_method
 
 
 def cubic_rate(final_rate: float, progress: float, ramp: float) -> float:
@@ -24,94 +23,99 @@ def cubic_rate(final_rate: float, progress: float, ramp: float) -> float:
     return final_rate * (1.0 - (1.0 - t) ** 3)
 
 
-class MagnitudePruning(PruningMethod):
-    name = "mp"
+class ScoreMasks(PruningMethod):
+    """Masks that keep the top scores, fixed during the fine-tune (or raised on a schedule)."""
 
-    def __init__(
-        self,
-        spec: PruneSpec,
-        seed: int = 0,
-        schedule: str = "oneshot",
-        ramp: float = 0.5,
-        updates: int = 20,
-        score: str = "magnitude",
-        **options,
-    ):
-        check_score(score)
-        super().__init__(
-            spec,
-            seed,
-            schedule=schedule,
-            ramp=ramp if schedule == "cubic" else None,
-            score=score,
-            **options,
-        )
-        self.score = score
-        if schedule not in ("oneshot", "cubic"):
-            raise GcnshrinkError(f"--schedule must be 'oneshot' or 'cubic', got {schedule!r}")
-        if not 0.0 < ramp <= 1.0:
-            raise GcnshrinkError(f"--ramp must be in (0, 1], got {ramp}")
-        self.schedule, self.ramp, self.updates = schedule, ramp, max(1, updates)
-        self.current_rate = 0.0
+    schedule = "oneshot"
+
+    def scores(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        rate = self.spec.rate
+        final = topk_masks(self.scores(), rate, self.spec.scope)
+        self.check_masks_connected(final, rate)
+        oneshot = self.schedule == "oneshot"
+        start = final if oneshot else {k: torch.ones_like(m) for k, m in final.items()}
+        self.current_rate = rate if oneshot else 0.0
         self.parametrizations: dict[str, HardMask] = {}
-
-    def scores(self) -> dict[str, torch.Tensor]:
-        return score_weights(self.latent(), self.score)
-
-    def masks_at(self, rate: float) -> dict[str, torch.Tensor]:
-        spec = PruneSpec(rate, self.spec.scope, self.spec.exclude)
-        return topk_masks(self.scores(), spec)
-
-    def _attach(self) -> None:
-        final = self.masks_at(self.spec.rate)
-        self.check_masks_connected(final)
-        start = (
-            final
-            if self.schedule == "oneshot"
-            else {k: torch.ones_like(m) for k, m in final.items()}
-        )
-        self.current_rate = self.spec.rate if self.schedule == "oneshot" else 0.0
         for name, mask in start.items():
             self.parametrizations[name] = HardMask(mask)
             self.register(name, self.parametrizations[name])
 
-    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        for name, mask in masks.items():
-            self.parametrizations[name].mask.copy_(mask.to(self.parametrizations[name].mask.dtype))
+    def ready(self) -> bool:
+        return self.current_rate >= self.spec.rate
+
+    def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:
+        if self.ready():
+            # masked fine-tuning never changes which entries are kept: the masks in force are final
+            return {name: p.keep.bool().clone() for name, p in self.parametrizations.items()}
+        return topk_masks(self.scores(), rate, self.spec.scope)
+
+
+@dataclass
+class MagnitudeOptions:
+    schedule: str = option(
+        "oneshot",
+        "oneshot, or cubic: gradual (Zhu & Gupta) over the first --ramp of the fine-tune.",
+        choices=("oneshot", "cubic"),
+    )
+    ramp: float = option(0.5, "With --schedule cubic: fraction of the fine-tune the ramp takes.")
+    updates: int = option(20, "With --schedule cubic: how many times the masks are raised.")
+    score: str = option(
+        "magnitude",
+        "Rank weights by magnitude, or by LAMP score (layer-adaptive).",
+        choices=SCORES,
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ramp <= 1.0:
+            raise GcnshrinkError(f"--ramp must be in (0, 1], got {self.ramp}")
+        if self.updates < 1:
+            raise GcnshrinkError(f"--updates must be at least 1, got {self.updates}")
+
+
+@register_method
+class MagnitudePruning(ScoreMasks):
+    name = "mp"
+    Options = MagnitudeOptions
+
+    @property
+    def schedule(self) -> str:
+        return self.options.schedule
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        return score_weights(self.latent(), self.options.score)
 
     def on_step(self, progress: float) -> None:
         if self.schedule != "cubic" or self.current_rate >= self.spec.rate:
             return
+        ramp, updates, rate = self.options.ramp, self.options.updates, self.spec.rate
         # the ramp is cut into `updates` equal steps; masks change only at step boundaries
-        level = min(int(progress / self.ramp * self.updates), self.updates)
-        target = cubic_rate(self.spec.rate, level / self.updates * self.ramp, self.ramp)
-        if level == self.updates:
-            target = self.spec.rate
+        level = min(int(progress / ramp * updates), updates)
+        target = rate if level == updates else cubic_rate(rate, level / updates * ramp, ramp)
         if target > self.current_rate:
-            self.set_masks(self.masks_at(target))
+            for name, mask in topk_masks(self.scores(), target, self.spec.scope).items():
+                keep = self.parametrizations[name].keep
+                keep.copy_(mask.to(keep.dtype))
             self.current_rate = target
 
-    def selectable(self) -> bool:
-        return self.current_rate >= self.spec.rate
-
-    def final_masks(self) -> dict[str, torch.Tensor]:
-        if self.selectable():
-            # masked fine-tuning never changes which entries are kept: the masks in force are final
-            return {name: p.mask.bool().clone() for name, p in self.parametrizations.items()}
-        return self.masks_at(self.spec.rate)
+    def describe(self) -> dict:
+        described = super().describe()
+        if self.schedule != "cubic":  # the ramp only means something for the cubic schedule
+            del described["ramp"], described["updates"]
+        return described
 
 
-class RandomPruning(MagnitudePruning):
-    """``random``: unstructured random masks at the same rate (a sanity baseline)."""
+@register_method
+class RandomPruning(ScoreMasks):
+    """``random``: unstructured random masks at the same rate."""
 
     name = "random"
-
-    def __init__(self, spec: PruneSpec, seed: int = 0, **options):
-        super().__init__(spec, seed, schedule="oneshot", **options)
-        self._random_scores: dict[str, torch.Tensor] | None = None
+    Options = NoOptions
 
     def scores(self) -> dict[str, torch.Tensor]:
-        if self._random_scores is None:
+        if getattr(self, "_random_scores", None) is None:
             generator = torch.Generator().manual_seed(self.seed)
             self._random_scores = {
                 name: torch.rand(w.shape, generator=generator).to(w.device)

@@ -13,15 +13,17 @@ from __future__ import annotations
 import torch
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning.base import HardMask, PruneSpec, PruningMethod
+from gcnshrink.pruning.method import HardMask, PruningMethod
+from gcnshrink.pruning.registry import register_method
 
 
+@register_method
 class StructuredPruning(PruningMethod):
     name = "structured"
-    magnitude_exact = False
+    exact_rate = False  # whole units go: the realized rate is at least the request
 
-    def __init__(self, spec: PruneSpec, seed: int = 0, **options):
-        super().__init__(spec, seed, **options)
+    def __init__(self, spec, options=None, seed: int = 0):
+        super().__init__(spec, options, seed)
         if spec.scope != "global":
             raise GcnshrinkError(
                 "structured pruning removes units shared by several tensors; use --scope global"
@@ -30,12 +32,10 @@ class StructuredPruning(PruningMethod):
     def _unit_entries(self):
         """For each target tensor: (group-unit id of each entry's source, ... of its target)."""
         graph = self.graph
-        groups = graph.unit_groups()
-        derived = graph.derived_spaces()
         offset: dict[str, int] = {}
         base = 0
         group_of_id: list[int] = []
-        for gi, members in enumerate(groups):
+        for gi, members in enumerate(graph.unit_groups):
             width = graph.width(members[0])
             for name in members:
                 offset[name] = base
@@ -43,11 +43,9 @@ class StructuredPruning(PruningMethod):
             base += width
 
         def ids(space: str, units: torch.Tensor) -> torch.Tensor:
-            if space in derived:  # a flattened unit belongs to its source channel
-                link = derived[space]
-                channel = torch.empty(graph.width(space), dtype=torch.long)
-                channel[link.target_units] = link.source_units
-                return ids(link.source, channel[units])
+            if space in graph.derived:  # a flattened unit belongs to its source channel
+                source, source_unit = graph.derived_source(space)
+                return ids(source, source_unit[units])
             if space not in offset:  # input or output space: never removed
                 return torch.full_like(units, -1)
             return units + offset[space]
@@ -57,9 +55,9 @@ class StructuredPruning(PruningMethod):
             w = self.latent()[b.name]
             src, dst = graph.entry_units(b, w.shape)
             entries[b.name] = (ids(b.source, src), ids(b.target, dst))
-        return entries, torch.tensor(group_of_id, dtype=torch.long), len(groups)
+        return entries, torch.tensor(group_of_id, dtype=torch.long), len(graph.unit_groups)
 
-    def _attach(self) -> None:
+    def setup(self) -> None:
         entries, group_of_id, n_groups = self._unit_entries()
         n_units = len(group_of_id)
         latent = {k: v.detach().abs().reshape(-1).cpu() for k, v in self.latent().items()}
@@ -99,5 +97,5 @@ class StructuredPruning(PruningMethod):
         for name, mask in self.masks.items():
             self.register(name, HardMask(mask))
 
-    def final_masks(self) -> dict[str, torch.Tensor]:
+    def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in self.masks.items()}
