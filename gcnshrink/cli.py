@@ -149,6 +149,32 @@ LayoutOpt = Annotated[
 ]
 
 
+BatchOpt = Annotated[
+    int,
+    typer.Option(help="Mini-batch size; under torchrun the global batch, shared by the processes."),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="cpu or cuda (default: cuda when available); under torchrun each process takes "
+        "the GPU of its LOCAL_RANK."
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        help="fp32, bf16 or fp16 (GPU only): autocast for the forward pass; masks and budgets "
+        "stay fp32."
+    ),
+]
+
+
+def is_main_process() -> bool:
+    from gcnshrink import distributed
+
+    return distributed.is_main()
+
+
 def load_model_file(path: Path, arch: str | None, layout: str | None):
     from gcnshrink.checkpoint import load_checkpoint
 
@@ -162,17 +188,16 @@ def train(
     data: DataOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.pt).")],
     arch: Annotated[
-        str, typer.Option(help="Architecture: gcn (the papers' attention GCN) or stgcn.")
+        str, typer.Option(help=f"Architecture: {ARCHITECTURES} (default gcn, the papers' GCN).")
     ] = "gcn",
     epochs: Annotated[
         int, typer.Option(help="Training epochs; the best on validation is kept.")
     ] = 150,
     seed: SeedOpt = 0,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
-    ] = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "fp32",
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Model config override key=value, e.g. --set heads=8."),
@@ -193,11 +218,14 @@ def train(
         raise GcnshrinkError(f"--epochs must be at least 1, got {epochs}")
     dataset = load_spec(data, seed)
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=not json_out
-    )
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        progress=not json_out, precision=precision,
+    )  # fmt: skip
     ckpt, summary = api.train(
         dataset, arch, config=config, model_config=parse_config_overrides(set_)
     )
+    if not is_main_process():  # under torchrun, rank 0 writes and prints
+        return
     save_checkpoint(ckpt, output, force=force)
     summary["output"] = str(output)
     if json_out:
@@ -340,10 +368,9 @@ def _prune(
         list[str] | None, typer.Option(help="Glob of tensor names to keep dense (repeatable).")
     ] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tune.")] = FINETUNE_LR,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
-    device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
-    ] = None,
+    batch_size: BatchOpt = 64,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "fp32",
     allow_collapse: Annotated[
         bool, typer.Option(help="Let mp/random empty a whole layer instead of refusing.")
     ] = False,
@@ -382,8 +409,11 @@ def _prune(
         device=device,
         progress=not json_out,
         allow_collapse=allow_collapse,
+        precision=precision,
         options=method_options,
     )
+    if not is_main_process():  # under torchrun, rank 0 writes and prints
+        return
     save_checkpoint(outcome.checkpoint, output, force=force)
     s = {**outcome.summary, "output": str(output)}
     if json_out:
@@ -404,7 +434,7 @@ def _prune(
         )
 
 
-prune = app.command("prune")(WithMethodOptions(user_errors(_prune)))
+prune = app.command("prune")(WithMethodOptions(user_errors(_prune), "prune"))
 
 
 def parse_rates(text: str) -> list[float]:

@@ -10,6 +10,7 @@ here. A flag given for a method that does not have it is refused by the registry
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Annotated
 
 import typer
@@ -56,8 +57,8 @@ class WithMethodOptions:
 
     __annotations__: dict = {}
 
-    def __init__(self, function):
-        self.function = function
+    def __init__(self, function, command: str):
+        self.function, self.command = function, command
         self.__name__ = function.__name__
         self.__doc__ = function.__doc__
         self.__module__ = function.__module__
@@ -67,7 +68,11 @@ class WithMethodOptions:
     def __signature__(self) -> inspect.Signature:
         own = inspect.signature(self.function, eval_str=True)
         fixed = [p for p in own.parameters.values() if p.name != "method_options"]
-        extra = method_option_parameters()
+        # Typer builds every command's options at start-up; the registry imports torch and the
+        # plug-ins, which `gcnshrink --help` or `gcnshrink gate` should not wait for. The method
+        # options are there whenever this command runs (or the registry is loaded anyway).
+        wanted = self.command in sys.argv[1:] or "gcnshrink.pruning" in sys.modules
+        extra = method_option_parameters() if wanted else []
         self.names = {p.name for p in extra}
         return own.replace(parameters=fixed + extra)
 

@@ -97,6 +97,7 @@ def prune(
     lr: float = FINETUNE_LR,
     batch_size: int = 64,
     device: str | None = None,
+    precision: str = "fp32",
     progress: bool = True,
     allow_collapse: bool = False,
     source_path: str | Path | None = None,
@@ -130,7 +131,13 @@ def prune(
     pruner = _attached_method(working, method, spec, all_options, seed)
     shown_rate = ",".join(f"{r:g}" for r in spec.rates)
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, progress=progress
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        precision=precision,
     )
     if epochs > 0:
         result = fit(

@@ -22,6 +22,7 @@ the epoch), :attr:`TrainingLoop.forward_model` (the wrapped model) and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from gcnshrink import distributed
 from gcnshrink.checkpoint import read_torch_file
 from gcnshrink.data import SkeletonData
 from gcnshrink.errors import GcnshrinkError
@@ -79,6 +81,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: in
     return accuracy_metrics(predict(model, x), y, num_classes)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 150
@@ -89,6 +94,15 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     label_smoothing: float = 0.0
+    # autocast for the forward pass and task loss; masks and budgets stay in fp32 (methods compute
+    # them in on_step, outside autocast). fp16 needs a GPU (and gets a gradient scaler).
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise GcnshrinkError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
 
 
 @dataclass
@@ -275,25 +289,53 @@ class TrainingLoop:
         self.model, self.data, self.config, self.method = model, data, config, method
         self.callbacks = list(callbacks)
         seed_everything(config.seed)
-        self.device = pick_device(config.device)
+        self.device = distributed.setup(pick_device(config.device))
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise GcnshrinkError("--precision fp16 needs --device cuda; use bf16 or fp32 on CPU")
         model.to(self.device)
-        self.forward_model: nn.Module = model  # a distributed run puts its wrapper here
+        self.forward_model: nn.Module = model
+        if distributed.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(model, device_ids=device_ids)
         groups = method.param_groups(model) if method is not None else model.parameters()
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.x_train, self.y_train = data.x_train, data.y_train
+        if self.device.type == "cuda":  # page-locked, so batches copy while the GPU computes
+            self.x_train, self.y_train = self.x_train.pin_memory(), self.y_train.pin_memory()
         self.epoch = 0  # epochs finished
         self.step = 0
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- seams for distribution
     def batch_order(self) -> torch.Tensor:
-        """This epoch's sample order (a distributed run takes its rank's share)."""
+        """This epoch's global sample order, the same on every rank."""
         return torch.randperm(len(self.data.x_train), generator=self.generator)
+
+    def local_share(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's samples of a global batch and the weight of its mean loss, chosen so that
+        averaging over ranks (DDP) gives the mean over the global batch."""
+        world = distributed.world_size()
+        if world == 1:
+            return batch, 1.0
+        local = batch[distributed.rank() :: world]
+        if len(local) == 0:  # a last batch smaller than the world: take part with weight 0
+            return batch[:1], 0.0
+        return local, len(local) * world / len(batch)
 
     def reduce_sum(self, value: float) -> float:
         """A metric summed over the processes of a distributed run (one process: itself)."""
-        return value
+        return distributed.all_sum(value)
+
+    def autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -340,26 +382,36 @@ class TrainingLoop:
 
     # ---------------------------------------------------------------- training
     def train_epoch(self) -> dict:
-        config, data = self.config, self.data
+        config = self.config
         total_steps = self.steps_per_epoch * config.epochs
         self.model.train()
         order = self.batch_order()
         epoch_loss, seen = 0.0, 0
         for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            xb, yb = data.x_train[idx].to(self.device), data.y_train[idx].to(self.device)
+            idx, share = self.local_share(order[i : i + config.batch_size])
+            xb = self.x_train[idx].to(self.device, non_blocking=True)
+            yb = self.y_train[idx].to(self.device, non_blocking=True)
             for callback in self.callbacks:
                 callback.on_step_start(self, self.step / max(total_steps - 1, 1))
-            loss = self.loss_fn(self.forward_model(xb), yb)
+            with self.autocast():
+                loss = self.loss_fn(self.forward_model(xb), yb)
+            if share != 1.0:
+                loss = loss * share
             for callback in self.callbacks:
                 extra = callback.extra_loss(self)
                 if extra is not None:
                     loss = loss + extra
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            epoch_loss += loss.item() * len(idx)
-            seen += len(idx)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            if share > 0:
+                epoch_loss += loss.item() / share * len(idx)
+                seen += len(idx)
             self.step += 1
         mean_loss = self.reduce_sum(epoch_loss) / max(self.reduce_sum(seen), 1)
         return {"epoch": self.epoch + 1, "loss": mean_loss, "val_accuracy": None}
@@ -412,9 +464,9 @@ def fit(
         callbacks.append(MethodHooks(method))
     callbacks += [
         ValidationSelection(data, method),
-        ProgressDisplay(description, method, config.progress),
+        ProgressDisplay(description, method, config.progress and distributed.is_main()),
     ]
-    if state_path is not None:
+    if state_path is not None and distributed.is_main():  # one writer
         callbacks.append(PeriodicState(state_path))
     loop = TrainingLoop(model, data, config, method, callbacks)
     if resume_from is not None:
