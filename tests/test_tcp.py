@@ -209,3 +209,26 @@ def test_projection_is_exact_across_seeds_and_scores(seed, score):
                 rate,
             )
             assert topology_summary(g, masks)["inconsistent_connections"] == 0
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_projection_is_exact_when_every_trim_drags_more_than_the_excess(seed):
+    """A single chain of 8 weights holds the budget of 7 plus one: every entry removed takes the
+    whole chain with it. The projection then builds the budget from the best shortest path."""
+    from gcnshrink.layouts import get_layout
+    from gcnshrink.models import create_model
+
+    blocks = [
+        {"in": 3, "mid": 8, "out": 8, "stride": 1, "residual": "none"},
+        {"in": 8, "mid": 8, "out": 8, "stride": 1, "residual": "identity"},
+        {"in": 8, "mid": 16, "out": 16, "stride": 2, "residual": "conv"},
+        {"in": 16, "mid": 16, "out": 16, "stride": 1, "residual": "identity"},
+    ]
+    torch.manual_seed(seed)
+    model = create_model("stgcn", num_classes=6, layout=get_layout("sbu15"), blocks=blocks)
+    g, raw = prunable_scores(model)
+    scores = score_weights(raw, "lamp")
+    masks = project(g, scores, 0.999)
+    budget = global_budget({n: s.numel() for n, s in scores.items()}, 0.999)
+    assert sum(int(m.sum()) for m in masks.values()) == budget == 7
+    assert topology_summary(g, masks)["inconsistent_connections"] == 0

@@ -8,6 +8,8 @@ wants to hand a connected network to compaction. It depends only on the unit gra
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import torch
 
@@ -108,6 +110,10 @@ def consistent_budget_masks(
     excess = count(best) - budget
     if excess > 0:
         best = _trim(graph, best, ranked, excess, dense_masks)
+    if count(best) != budget:
+        # every removal from the smallest consistent top-k set drags more than the excess along
+        # (a single chain at a tiny budget): build the budget from the best shortest path instead
+        best = _path_then_fill(graph, ranked, budget, dense_masks)
     return {n: best[n].to(scores[n].device) for n in names}
 
 
@@ -307,3 +313,94 @@ def _swap_to_exact(graph: UnitGraph, masks, scores, excess: int, dense_masks, tr
             after[n][i] = True
         return {n: after[n].view(masks[n].shape) for n in names}
     return masks
+
+
+def _path_then_fill(
+    graph: UnitGraph,
+    scores: dict[str, torch.Tensor],
+    budget: int,
+    dense_masks: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Exactly ``budget`` consistent entries built up from nothing: the input-to-output path with
+    the fewest weights (the best-scored among them), then, while the budget is not reached, the
+    best-scored entries that are consistent given what is kept (source accessible, target
+    co-accessible; adding one never breaks another). Only tiny budgets come here."""
+    names = list(scores)
+    keep = {n: torch.zeros(scores[n].shape, dtype=torch.bool) for n in names}
+    for name, entry in _best_shortest_path(graph, scores, dense_masks):
+        keep[name].view(-1)[entry] = True
+    while (kept := sum(int(k.sum()) for k in keep.values())) < budget:
+        acc, coacc = reachability(graph, {**dense_masks, **keep})
+        pool = []
+        for n in names:
+            b = graph.binding_by_name[n]
+            src, dst = graph.entry_units(b, keep[n].shape)
+            eligible = ~keep[n].view(-1) & acc[b.source][src] & coacc[b.target][dst]
+            idx = torch.nonzero(eligible).squeeze(1)
+            pool += [(float(scores[n].view(-1)[i]), n, int(i)) for i in idx]
+        if not pool:
+            break
+        pool.sort(key=lambda c: -c[0])
+        for _, n, i in pool[: budget - kept]:
+            keep[n].view(-1)[i] = True
+    return keep
+
+
+def _best_shortest_path(
+    graph: UnitGraph, scores: dict[str, torch.Tensor], dense_masks: dict[str, torch.Tensor]
+) -> list[tuple[str, int]]:
+    """(tensor, flat entry) of each weight on an input-to-output path through signal-carrying
+    edges with the fewest weights in scope, ties broken toward high scores (Dijkstra; tensors out
+    of scope and links cost nothing)."""
+    top = max((float(s.max()) for s in scores.values() if s.numel()), default=1.0) or 1.0
+    # outgoing edges of each (space, unit): the best entry of each (source, target unit) pair
+    edges: dict[tuple[str, int], list[tuple[str, int, float, str, int]]] = {}
+    for b in graph.prunable:
+        if b.name in scores:
+            flat = scores[b.name].reshape(-1)
+        elif b.name in dense_masks:
+            flat = torch.ones(int(dense_masks[b.name].numel()))
+        else:
+            continue
+        src, dst = graph.entry_units(
+            b, torch.Size(dense_masks.get(b.name, scores.get(b.name)).shape)
+        )
+        order = torch.argsort(flat, descending=True, stable=True)
+        in_scope = b.name in scores
+        seen: set[tuple[int, int]] = set()
+        for e, s_unit, t_unit, value in zip(
+            order.tolist(), src[order].tolist(), dst[order].tolist(), flat[order].tolist(),
+            strict=True,
+        ):  # fmt: skip
+            if (s_unit, t_unit) in seen:
+                continue
+            seen.add((s_unit, t_unit))
+            cost = 1.0 + 1e-3 * (1.0 - value / top) if in_scope else 0.0
+            edges.setdefault((b.source, s_unit), []).append((b.target, t_unit, cost, b.name, e))
+    heap = [(0.0, s.name, u) for s in graph.spaces if s.role == "input" for u in range(s.width)]
+    best = {(space, u): 0.0 for _, space, u in heap}
+    came_from: dict[tuple[str, int], tuple[tuple[str, int], str | None, int]] = {}
+    heapq.heapify(heap)
+    while heap:
+        cost, space, unit = heapq.heappop(heap)
+        if cost > best.get((space, unit), float("inf")):
+            continue
+        if graph.space_by_name[space].role == "output":
+            path, node = [], (space, unit)
+            while node in came_from:
+                node, name, entry = came_from[node]
+                if name is not None and name in scores:
+                    path.append((name, entry))
+            return path
+        steps = list(edges.get((space, unit), ()))
+        for link in graph.links:
+            if link.source == space and link.semantics.carries_signal:
+                for t in link.target_units[link.source_units == unit].tolist():
+                    steps.append((link.target, t, 0.0, None, -1))
+        for target, t_unit, c, name, e in steps:
+            node = (target, int(t_unit))
+            if cost + c < best.get(node, float("inf")):
+                best[node] = cost + c
+                came_from[node] = ((space, unit), name, e)
+                heapq.heappush(heap, (cost + c, target, int(t_unit)))
+    return []
