@@ -24,6 +24,7 @@ def runs(results: Path) -> list[list]:
         ],
         ["tcp_ablations.py", "--out", results / "tcp_ablations"],
         ["export_sizes.py", "--out", results / "export_sizes"],
+        ["fuzz_loaders.py", "--out", results / "fuzz_loaders"],
     ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from gcnshrink.arguments import check_training
 from gcnshrink.checkpoint import Checkpoint, provenance
 from gcnshrink.compact import compact_model
 from gcnshrink.data import SkeletonData
@@ -28,9 +29,22 @@ from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import export_model
 from gcnshrink.gate import GateRun, budgets_from_options, run_gate
-from gcnshrink.measure import measure_accuracy, measure_model, model_accuracy
+from gcnshrink.measure import (
+    measure_accuracy,
+    measure_model,
+    model_accuracy,
+    multi_rate_record,
+    refuse_multi_rate,
+)
 from gcnshrink.models import SkeletonModel, create_model
-from gcnshrink.prune import PruneOutcome, as_checkpoint, as_data, extract, prune
+from gcnshrink.prune import (
+    PruneOutcome,
+    as_checkpoint,
+    as_data,
+    check_resume_state,
+    extract,
+    prune,
+)
 from gcnshrink.report import write_reports
 from gcnshrink.results import load_results
 from gcnshrink.sweep import run_sweep
@@ -45,10 +59,22 @@ def train(
     *,
     config: TrainConfig | None = None,
     model_config: dict | None = None,
+    state_path: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
 ) -> tuple[Checkpoint, dict]:
-    """Train a zoo model from scratch; returns the best-on-validation checkpoint and a summary."""
+    """Train a zoo model from scratch; returns the best-on-validation checkpoint and a summary.
+    ``state_path`` writes resumable state every epoch; ``resume_from`` continues an interrupted
+    run from it (the result is the uninterrupted run's)."""
     config = config or TrainConfig()
+    check_training(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        device=config.device,
+    )
     data = as_data(data, config.seed)
+    data.check_trainable()
     torch.manual_seed(config.seed)
     model = create_model(
         arch,
@@ -57,7 +83,16 @@ def train(
         in_channels=data.in_channels,
         **(model_config or {}),
     )
-    result = fit(model, data, config, description=f"train {arch}")
+    if resume_from is not None:
+        check_resume_state(resume_from, model, config)
+    result = fit(
+        model,
+        data,
+        config,
+        description=f"train {arch}",
+        state_path=state_path,
+        resume_from=resume_from,
+    )
     test = test_metrics(result.model, data.x_test, data.y_test, data.num_classes)
     prov = provenance(
         seed=config.seed, data=data.spec, epochs=config.epochs, best_epoch=result.best_epoch
@@ -92,12 +127,41 @@ def evaluate(
     seed: int = 0,
     arch: str | None = None,
     layout: str | None = None,
+    rates: Sequence[float] | None = None,
 ) -> dict:
     """Top-1 and mean per-class accuracy on the test split of a checkpoint, safetensors export or
-    ONNX file: ``{"model", "data", "accuracy", "mean_class_accuracy", "samples"}``."""
+    ONNX file: ``{"model", "data", "accuracy", "mean_class_accuracy", "samples"}``. For a
+    multi-rate checkpoint, ``rates`` evaluates the model extracted at each:
+    ``{"model", "data", "multi_rate": True, "by_rate": [{"rate", "realized_rate", "accuracy",
+    ...}]}``."""
     dataset = as_data(data, seed)
+    if rates:
+        ckpt = as_checkpoint(model, **_load_options(arch, layout))
+        if multi_rate_record(ckpt) is None:
+            raise GcnshrinkError(
+                "--rates evaluates extractions of a multi-rate checkpoint; this is one model "
+                "(drop --rates)"
+            )
+        ckpt.check_compatible(dataset)
+        by_rate = []
+        for rate in rates:
+            extracted = extract(ckpt, rate)
+            by_rate.append(
+                {
+                    "rate": rate,
+                    "realized_rate": extracted.summary["realized_rate"],
+                    **model_accuracy(extracted.model, dataset),
+                }
+            )
+        return {
+            "model": _model_name(model),
+            "data": data if isinstance(data, str) else dataset.spec,
+            "multi_rate": True,
+            "by_rate": by_rate,
+        }
     if isinstance(model, Checkpoint):
         model.check_compatible(dataset)
+        refuse_multi_rate(model, None, "eval without --rates")
         metrics = model_accuracy(model.build_model(), dataset)
     else:
         metrics = measure_accuracy(model, dataset, load_options=_load_options(arch, layout))
@@ -119,7 +183,11 @@ def inspect(
     per-tensor table (``layers``) of a checkpoint or safetensors file; ``latency`` adds the ONNX
     Runtime time of one sample."""
     return measure_model(
-        model, latency=latency, layers=True, load_options=_load_options(arch, layout)
+        model,
+        latency=latency,
+        layers=True,
+        load_options=_load_options(arch, layout),
+        multi_rate_ok=True,
     )
 
 
@@ -158,6 +226,7 @@ def compact(
     (``data``, default: the model's training data)."""
     ckpt = as_checkpoint(model, **_load_options(arch, layout))
     source = source_path if isinstance(model, Checkpoint) else model
+    refuse_multi_rate(ckpt, source, "compact")
     calibration, _ = calibration_inputs(ckpt, data, seed)
     result = compact_model(ckpt.build_model(), calibration)
     prov = dict(ckpt.provenance)
@@ -188,6 +257,7 @@ def export(
     if not (onnx or sparse_onnx or safetensors or sparse or int8):
         onnx = sparse = True
     ckpt = as_checkpoint(model, **_load_options(arch, layout))
+    refuse_multi_rate(ckpt, _model_name(model), "export")
     calibration, _ = calibration_inputs(ckpt, data, seed)
     return export_model(
         ckpt,

@@ -19,9 +19,12 @@ override the inference.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
+import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +47,11 @@ WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 SHARED_PREFIXES = ("module.", "model.", "backbone.")
 # checkpoints of architectures that are not in the zoo yet: (key prefix, name, future arch name)
 NOT_IN_ZOO = (
-    ("l1.gcn1.conv_a", "2s-AGCN", "agcn"),
-    ("l1.gcn1.convs.0.conv1", "CTR-GCN", "ctrgcn"),
     ("gcn3d1.", "MS-G3D", "msg3d"),
+    # pyskl's own AAGCN and CTRGCN backbones (keys after ``backbone.``); the original 2s-AGCN,
+    # MS-AAGCN and CTR-GCN files are the zoo's agcn, aagcn and ctrgcn
+    ("gcn.0.gcn.conv_a.", "pyskl AAGCN", "pyskl_aagcn"),
+    ("net.0.gcn1.convs.0.conv1.", "pyskl CTRGCN", "pyskl_ctrgcn"),
 )
 
 
@@ -74,8 +79,14 @@ class Checkpoint:
             ) from None
 
     def build_model(self) -> SkeletonModel:
-        """The model with these weights, in eval mode. Shape mismatches are one clear line."""
+        """The model with these weights, in eval mode. Shape mismatches are one clear line.
+
+        The shapes are compared with a model built on the meta device first, so a config that
+        asks for far more weights than the checkpoint holds allocates nothing."""
         config = self.arch_config
+        expected = meta_state(self.arch, config)
+        if expected is not None:
+            check_state_keys_and_shapes(expected, self.state_dict)
         try:
             model = model_class(self.arch)(config)
         except (KeyError, ValueError, TypeError) as exc:
@@ -168,16 +179,34 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """load_state_dict with one-line errors naming the first offending key and shapes."""
-    own = model.state_dict()
+def meta_state(arch: str, config) -> dict[str, torch.Tensor] | None:
+    """The state dict of ``arch`` built from ``config`` on the meta device: every key and shape,
+    no memory. None if the architecture cannot be built there (its real build then checks)."""
+    try:
+        with torch.device("meta"):
+            return model_class(arch)(config).state_dict()
+    except GcnshrinkError:
+        raise
+    except Exception:  # an architecture that computes on its weights while it is built
+        return None
+
+
+def meta_parameter_count(arch: str, config) -> int | None:
+    """Parameters of ``arch`` built from ``config``, counted without allocating them."""
+    state = meta_state(arch, config)
+    return None if state is None else sum(t.numel() for t in state.values())
+
+
+def check_state_keys_and_shapes(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` against a model's own state dict: one line naming the first missing or
+    unexpected key or the first shape mismatch. Returns ``state`` with the BN step counters that
+    exports leave out filled in (they only matter to training)."""
     state = dict(state)
-    for (
-        key,
-        value,
-    ) in own.items():  # exports leave out BN step counters; they only matter to training
+    for key, value in own.items():
         if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing:
@@ -193,16 +222,31 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
             raise GcnshrinkError(
                 f"shape mismatch for {k!r}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
             )
+    return state
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """load_state_dict with one-line errors naming the first offending key and shapes."""
+    state = check_state_keys_and_shapes(model.state_dict(), state)
     model.load_state_dict(state, strict=True)
 
 
 # ---------------------------------------------------------------------------- writing
-def save_checkpoint(ckpt: Checkpoint, path: str | Path, force: bool = False) -> Path:
+def checkpoint_bytes(ckpt: Checkpoint) -> bytes:
+    """The ``.pt`` file's bytes. Serialized in memory, so the zip members are named ``archive/...``
+    whatever the destination (``torch.save`` to a path names them after the file, which for an
+    atomic write is a random temporary name): the same checkpoint gives the same bytes."""
     # everything but tensors goes through JSON first, so the file always loads with weights_only
     payload = ckpt.to_dict()
     for key in ("config", "class_names", "provenance", "pruning"):
         payload[key] = json.loads(json.dumps(payload[key], default=str))
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), force=force, to_path=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path, force: bool = False) -> Path:
+    return atomic_write(path, checkpoint_bytes(ckpt), force=force)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -215,17 +259,62 @@ def _first_line(exc: BaseException, prefer: str | None = None) -> str:
     return (lines or [type(exc).__name__])[0][:200]
 
 
+# A .pt zip may expand to this many times its size on disk, plus the slack below: torch.save
+# stores members uncompressed, so a real checkpoint expands by nothing; a small file that inflates
+# to hundreds of MB (a zip bomb) is refused before torch reads a byte of it.
+MAX_ZIP_EXPANSION = 4
+ZIP_EXPANSION_SLACK = 16 * 2**20
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+# torch's refusal text explains how to switch its check off; gcnshrink repeats none of it
+_ADVICE = ("weights_only", "trust", "safe_globals", "documentation", "two options")
+
+
+def _check_zip_expansion(path: Path) -> None:
+    """Refuse a .pt zip whose members expand far beyond the file (see MAX_ZIP_EXPANSION)."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-1.6) format, or not a checkpoint: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise GcnshrinkError(
+            f"{path}: not a readable PyTorch checkpoint (broken zip: {_first_line(exc)})"
+        ) from None
+    size = path.stat().st_size
+    if expanded > MAX_ZIP_EXPANSION * size + ZIP_EXPANSION_SLACK:
+        raise GcnshrinkError(
+            f"refusing to load {path}: its {size:,} bytes expand to {expanded:,} "
+            "(torch.save never compresses; this looks like a zip bomb)"
+        )
+
+
+def _refusal(path: Path, exc: BaseException) -> str:
+    """One line naming what torch's restricted unpickler refused, without torch's advice."""
+    text = str(exc)
+    found = _REFUSED_GLOBAL.search(text)
+    if found:
+        return (
+            f"refusing to load {path}: it references {found[1]}, which could run code; "
+            ".pt files are read as tensors and plain data only (a pickled model object must be "
+            "re-saved as its state_dict)"
+        )
+    for line in text.splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not any(word in line for word in _ADVICE):
+            return f"refusing to load {path}: it is not plain tensors and data ({line[:200]})"
+    return f"refusing to load {path}: it is not plain tensors and data"
+
+
 def read_torch_file(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise GcnshrinkError(f"{path}: no such file")
+    _check_zip_expansion(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = _first_line(exc, prefer="Unsupported global")
-        raise GcnshrinkError(
-            f"refusing to load {path}: it is not plain tensors and data ({reason})"
-        ) from None
+        raise GcnshrinkError(_refusal(path, exc)) from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise GcnshrinkError(
             f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})"
@@ -246,15 +335,18 @@ def load_checkpoint(
         return _load_safetensors(path)
     obj = read_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return Checkpoint(
-            obj["arch"],
-            obj["config"],
-            obj["state_dict"],
-            list(obj.get("class_names") or []),
-            obj.get("provenance") or {},
-            obj.get("pruning"),
-            obj.get("masks"),
-            obj.get("method_state"),
+        return _checked(
+            Checkpoint(
+                obj.get("arch"),
+                obj.get("config"),
+                obj.get("state_dict"),
+                obj.get("class_names") or [],
+                obj.get("provenance") or {},
+                obj.get("pruning"),
+                obj.get("masks"),
+                obj.get("method_state"),
+            ),
+            path,
         )
     return import_foreign(
         obj, path, arch=arch, layout=layout, num_classes=num_classes, config=config
@@ -267,17 +359,89 @@ def _load_safetensors(path: Path) -> Checkpoint:
     tensors, meta = load_tensors(path)
     if meta.get("format") != FORMAT:
         raise GcnshrinkError(f"{path}: not a gcnshrink safetensors export (no gcnshrink metadata)")
+    arch, config, class_names, prov, pruning = parse_metadata(meta, path)
+    return _checked(Checkpoint(arch, config, tensors, class_names, prov, pruning), path)
+
+
+def parse_metadata(meta: dict[str, str], path: str | Path) -> tuple:
+    """(arch, config, class_names, provenance, pruning) from the string metadata of a safetensors
+    or ONNX export (:func:`checkpoint_metadata`); one line naming the key if any is broken."""
+    values = {}
+    for key, default in (
+        ("arch", None),
+        ("config", None),
+        ("class_names", "[]"),
+        ("provenance", "{}"),
+        ("pruning", "null"),
+    ):
+        raw = meta.get(key, default)
+        if raw is None:
+            raise GcnshrinkError(f"{path}: broken gcnshrink metadata (no {key!r})")
+        if not isinstance(raw, str):  # protobuf hands over invalid UTF-8 as bytes
+            raise GcnshrinkError(f"{path}: broken gcnshrink metadata ({key!r} is not text)")
+        if key == "arch":
+            values[key] = raw
+            continue
+        try:
+            values[key] = json.loads(raw)
+        except (json.JSONDecodeError, TypeError, RecursionError):
+            raise GcnshrinkError(
+                f"{path}: broken gcnshrink metadata ({key!r} is not JSON)"
+            ) from None
+    return tuple(values.values())
+
+
+def _checked(ckpt: Checkpoint, path: str | Path) -> Checkpoint:
+    """Refuse, before anything is built, a checkpoint read from a file whose parts have the wrong
+    types: an edited file must fail in one line here, not deep inside a command."""
+
+    def refuse(what: str) -> GcnshrinkError:
+        return GcnshrinkError(f"{path}: broken gcnshrink checkpoint ({what})")
+
+    if not isinstance(ckpt.arch, str) or not ckpt.arch:
+        raise refuse(f"'arch' must be an architecture name, got {ckpt.arch!r:.60}")
+    if not isinstance(ckpt.config, dict):
+        raise refuse(f"'config' must be a dict, got {type(ckpt.config).__name__}")
+    if not isinstance(ckpt.state_dict, dict):
+        raise refuse(f"'state_dict' must be a dict, got {type(ckpt.state_dict).__name__}")
+    for key, value in ckpt.state_dict.items():
+        if not isinstance(key, str) or not _is_plain_tensor(value):
+            raise refuse(f"state_dict entry {key!r:.80} is a {type(value).__name__}, not a tensor")
+    if not isinstance(ckpt.class_names, list | tuple) or not all(
+        isinstance(name, str) for name in ckpt.class_names
+    ):
+        raise refuse("'class_names' must be a list of strings")
+    ckpt.class_names = list(ckpt.class_names)
+    if not isinstance(ckpt.provenance, dict):
+        raise refuse(f"'provenance' must be a dict, got {type(ckpt.provenance).__name__}")
+    for key in ("pruning", "method_state"):
+        value = getattr(ckpt, key)
+        if value is not None and not isinstance(value, dict):
+            raise refuse(f"{key!r} must be a dict or null, got {type(value).__name__}")
+    if ckpt.masks is not None and not (
+        isinstance(ckpt.masks, dict)
+        and all(isinstance(k, str) and _is_plain_tensor(v) for k, v in ckpt.masks.items())
+    ):
+        raise refuse("'masks' must map tensor names to tensors")
     try:
-        return Checkpoint(
-            meta["arch"],
-            json.loads(meta["config"]),
-            tensors,
-            json.loads(meta.get("class_names", "[]")),
-            json.loads(meta.get("provenance", "{}")),
-            json.loads(meta.get("pruning", "null")),
+        config = ckpt.arch_config
+    except GcnshrinkError:
+        return ckpt  # a bad config value is refused, in one line, before the model is built
+    if ckpt.class_names and len(ckpt.class_names) != config.num_classes:
+        raise refuse(
+            f"{len(ckpt.class_names)} class names for a model of {config.num_classes} classes"
         )
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise GcnshrinkError(f"{path}: broken gcnshrink metadata ({exc})") from None
+    return ckpt
+
+
+def _is_plain_tensor(value: object) -> bool:
+    """A dense CPU tensor (no sparse, meta or other exotic layouts from an edited file)."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and not value.is_quantized
+    )
 
 
 def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:

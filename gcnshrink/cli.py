@@ -5,22 +5,61 @@ Exit codes: 0 success, 1 a gate budget exceeded, 2 bad input (one line on stderr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from gcnshrink.cli_methods import WithMethodOptions
 from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
 
+# click's UsageError (typer vendors click, so it is reached through a public subclass)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line():
+    try:
+        yield
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `gcnshrink` alone shows the help
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "gcnshrink"
+        message = " ".join(exc.format_message().split())
+        err_console.print(
+            f"[bold red]error:[/] {message} (see {command} --help)", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (``--rate abc``, a missing option) are bad input like any other: one line on
+    stderr and exit code 2, not click's usage panel."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_errors_in_one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="gcnshrink",
+    cls=OneLineErrors,
     help=(
         "Compress trained skeleton GCNs: topology-aware pruning, structural compaction, compact "
         "safetensors/ONNX export, accuracy-vs-size reports and a CI size gate.\n\n"
@@ -35,19 +74,55 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (exit code 130) or SIGTERM (143), with what to tell the user: a command that leaves
+    something behind on purpose (a sweep's cells, a run's resumable state) says so."""
+
+    def __init__(self, message: str = "interrupted; no output was written", code: int = 130):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _terminated(signum, frame):
+    raise Interrupted("terminated; no output was written", 128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (CI cancelling a job, ``kill``) unwinds like Ctrl-C, so every temporary file and
+    folder is removed on the way out instead of being left behind by an abrupt exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(exc: KeyboardInterrupt, message: str) -> Interrupted:
+    """``exc`` (Ctrl-C or SIGTERM) with another message and the same exit code."""
+    verb = "terminated" if getattr(exc, "code", 130) != 130 else "interrupted"
+    return Interrupted(f"{verb}; {message}", getattr(exc, "code", 130))
+
+
 def user_errors(fn):
-    """Bad input becomes one line on stderr and exit code 2."""
+    """Bad input becomes one line on stderr and exit code 2; Ctrl-C and SIGTERM one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except GcnshrinkError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            message = " ".join(str(exc).split())  # one line, whatever a library put in it
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; no output was written")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            done = exc if isinstance(exc, Interrupted) else Interrupted()
+            err_console.print(done.message, highlight=False, soft_wrap=True)
+            raise typer.Exit(done.code) from None
 
     return wrapper
 
@@ -77,8 +152,62 @@ def parse_config_overrides(items: list[str] | None) -> dict:
 
 
 def check_output(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise GcnshrinkError(f"{path} exists; pass --force to overwrite it")
+    """Refuse, before any work, an output that could not be written: it exists (without
+    --force), it is a folder, or its folder cannot be created or written."""
+    from gcnshrink.files import check_output_path
+
+    check_output_path(path, force)
+
+
+def run_state(output: Path, resume: Path | None, force: bool) -> Path:
+    """Where a train/prune run keeps its resumable state: the --resume file, else next to the
+    output (``dense.pt`` -> ``dense.state.pt``). An interrupted run's state is never overwritten
+    silently."""
+    if resume is not None:
+        if not resume.is_file():
+            raise GcnshrinkError(f"--resume {resume}: no such file")
+        return resume
+    state = output.with_name(f"{output.stem}.state.pt")
+    if state.exists() and not force:
+        raise GcnshrinkError(
+            f"{state} holds the state of an interrupted run: continue it with --resume {state}, "
+            "or pass --force to start over"
+        )
+    return state
+
+
+@contextlib.contextmanager
+def resumable(state: Path, resume: Path | None):
+    """Around a run that writes its state to ``state`` every epoch: Ctrl-C or SIGTERM keeps it and
+    says how to continue; success removes it, and so does a failure of a run that was not itself
+    resumed (a --resume file is the user's and stays)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not (state.is_file() and is_main_process()):
+            raise
+        from gcnshrink.checkpoint import read_torch_file
+
+        epoch = read_torch_file(state).get("epoch", "?")
+        if sys.argv and "gcnshrink" in Path(sys.argv[0]).name:
+            argv, skip = [], False
+            for arg in sys.argv[1:]:  # the command as typed, without an earlier --resume
+                if skip or arg.startswith("--resume"):
+                    skip = arg == "--resume" and not skip
+                    continue
+                argv.append(arg)
+            how = f"resume with: {shlex.join(['gcnshrink', *argv, '--resume', str(state)])}"
+        else:
+            how = f"rerun the same command with --resume {state} to continue"
+        message = f"the run's state after epoch {epoch} is in {state}; {how}"
+        raise interrupted(exc, message) from None
+    except BaseException:
+        if resume is None and is_main_process():
+            state.unlink(missing_ok=True)
+        raise
+    else:
+        if is_main_process():
+            state.unlink(missing_ok=True)
 
 
 def describe_architectures(command) -> None:
@@ -169,6 +298,15 @@ PrecisionOpt = Annotated[
 ]
 
 
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Continue an interrupted run from the state file it left (an interrupted run names "
+        "it); the same data, --epochs and --seed give the uninterrupted run's result."
+    ),
+]
+
+
 def is_main_process() -> bool:
     from gcnshrink import distributed
 
@@ -204,29 +342,33 @@ def train(
     ] = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    resume: ResumeOpt = None,
 ):
     """Train a model from scratch.
 
     Example: gcnshrink train --data synthetic:hands -o dense.pt
     """
     from gcnshrink import api
+    from gcnshrink.arguments import check_training
     from gcnshrink.checkpoint import save_checkpoint
     from gcnshrink.train import TrainConfig
 
     check_output(output, force)
-    if epochs < 1:
-        raise GcnshrinkError(f"--epochs must be at least 1, got {epochs}")
+    check_training(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    state = run_state(output, resume, force)
     dataset = load_spec(data, seed)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
         progress=not json_out, precision=precision,
     )  # fmt: skip
-    ckpt, summary = api.train(
-        dataset, arch, config=config, model_config=parse_config_overrides(set_)
-    )
-    if not is_main_process():  # under torchrun, rank 0 writes and prints
-        return
-    save_checkpoint(ckpt, output, force=force)
+    with resumable(state, resume):
+        ckpt, summary = api.train(
+            dataset, arch, config=config, model_config=parse_config_overrides(set_),
+            state_path=state, resume_from=resume,
+        )  # fmt: skip
+        if not is_main_process():  # under torchrun, rank 0 writes and prints
+            return
+        save_checkpoint(ckpt, output, force=force)
     summary["output"] = str(output)
     if json_out:
         print_json(summary)
@@ -248,6 +390,13 @@ def eval_(
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    rates: Annotated[
+        str | None,
+        typer.Option(
+            help="A multi-rate checkpoint: evaluate the model extracted at each of these "
+            "comma-separated rates."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ):
     """Top-1 and mean per-class accuracy on the test split.
@@ -256,9 +405,17 @@ def eval_(
     """
     from gcnshrink import api
 
-    result = api.evaluate(model, data, seed=seed, arch=arch, layout=layout)
+    wanted = parse_rates(rates) if rates is not None else None
+    result = api.evaluate(model, data, seed=seed, arch=arch, layout=layout, rates=wanted)
     if json_out:
         print_json(result)
+    elif wanted:
+        for r in result["by_rate"]:
+            console.print(
+                f"{model} extracted at rate {r['rate']:g} (realized {r['realized_rate']:.4%}): "
+                f"accuracy [bold]{r['accuracy']:.2%}[/], mean per-class "
+                f"{r['mean_class_accuracy']:.2%} on {r['samples']} test samples of {data}"
+            )
     else:
         console.print(
             f"{model}: accuracy [bold]{result['accuracy']:.2%}[/], mean per-class "
@@ -293,6 +450,13 @@ def inspect(
     if json_out:
         print_json(m)
         return
+    if m.get("multi_rate"):
+        trained = ", ".join(f"{r:g}" for r in m["trained_rates"])
+        console.print(
+            f"[bold]multi-rate checkpoint[/] ({m['method']}): trained for rates {trained}; any "
+            f"rate in (0, 1) is extracted with: gcnshrink extract {model} --rate R -o pruned.pt. "
+            "The numbers below are those of its latent (unpruned) weights."
+        )
     if "layers" in m:
         table = Table(title=f"{model} ({m.get('arch', '?')})")
         for col in ("tensor", "shape", "params", "nonzero", "inconsistent", "source -> target"):
@@ -331,6 +495,16 @@ def inspect(
                     f"{m[key]:,}" if isinstance(m[key], int) else f"{m[key]:.3f}",
                 )
             )
+    if m.get("removed_by") and m.get("prunable_nonzero", 0) < m.get("prunable", 0):
+        shares = m["removed_by"]
+        facts.append(
+            (
+                "removed: ch/row/col/entry",
+                " / ".join(
+                    f"{100 * shares[g]:.0f} %" for g in ("channels", "rows", "columns", "entries")
+                ),
+            )
+        )
     for key, value in facts:
         console.print(f"{key:>26}: {value}")
 
@@ -346,7 +520,8 @@ def _prune(
     method: Annotated[
         str,
         typer.Option(
-            help="Pruning method: tcp, tcp-posthoc, mp, random, structured or a plug-in's."
+            help="Pruning method: tcp, tcp-posthoc, ctf (coarse to fine), srmp, mrmp "
+            "(multi-rate), mp, random, structured or a plug-in's."
         ),
     ] = "tcp",
     rate: Annotated[
@@ -378,6 +553,7 @@ def _prune(
     layout: LayoutOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    resume: ResumeOpt = None,
     method_options: dict | None = None,
 ):
     """Prune a trained model as a masked fine-tune, at exactly the requested rate.
@@ -387,34 +563,42 @@ def _prune(
     Example: gcnshrink prune dense.pt --method tcp --rate 0.99 --data synthetic:hands -o tcp99.pt
     """
     from gcnshrink import api
+    from gcnshrink.arguments import check_training
     from gcnshrink.checkpoint import save_checkpoint
 
     check_output(output, force)
+    check_training(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, min_epochs=0
+    )
     rate_list = parse_rates(rates) if rates is not None else None
+    state = run_state(output, resume, force)
     ckpt = load_model_file(model, arch, layout)
     dataset = load_spec(data, seed)
-    outcome = api.prune(
-        ckpt,
-        dataset,
-        source_path=model,
-        method=method,
-        rate=rate,
-        rates=rate_list,
-        epochs=epochs,
-        seed=seed,
-        scope=scope,
-        exclude=tuple(exclude or ()),
-        lr=lr,
-        batch_size=batch_size,
-        device=device,
-        progress=not json_out,
-        allow_collapse=allow_collapse,
-        precision=precision,
-        options=method_options,
-    )
-    if not is_main_process():  # under torchrun, rank 0 writes and prints
-        return
-    save_checkpoint(outcome.checkpoint, output, force=force)
+    with resumable(state, resume):
+        outcome = api.prune(
+            ckpt,
+            dataset,
+            source_path=model,
+            method=method,
+            rate=rate,
+            rates=rate_list,
+            epochs=epochs,
+            seed=seed,
+            scope=scope,
+            exclude=tuple(exclude or ()),
+            lr=lr,
+            batch_size=batch_size,
+            device=device,
+            progress=not json_out,
+            allow_collapse=allow_collapse,
+            precision=precision,
+            state_path=state,
+            resume_from=resume,
+            options=method_options,
+        )
+        if not is_main_process():  # under torchrun, rank 0 writes and prints
+            return
+        save_checkpoint(outcome.checkpoint, output, force=force)
     s = {**outcome.summary, "output": str(output)}
     if json_out:
         print_json(s)
@@ -438,10 +622,13 @@ prune = app.command("prune")(WithMethodOptions(user_errors(_prune), "prune"))
 
 
 def parse_rates(text: str) -> list[float]:
+    from gcnshrink.arguments import check_unique
+
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        rates = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise GcnshrinkError(f"--rates must be a comma-separated list, got {text!r}") from None
+    return check_unique("--rates", rates)
 
 
 @app.command()
@@ -473,10 +660,16 @@ def extract(
     for path in paths:
         check_output(path, force)
     summaries = []
-    for r, path in zip(wanted, paths, strict=True):
-        outcome = api.extract(model, r)
-        save_checkpoint(outcome.checkpoint, path, force=force)
-        summaries.append({**outcome.summary, "output": str(path)})
+    try:
+        for r, path in zip(wanted, paths, strict=True):
+            outcome = api.extract(model, r)
+            save_checkpoint(outcome.checkpoint, path, force=force)
+            summaries.append({**outcome.summary, "output": str(path)})
+    except KeyboardInterrupt as exc:
+        if not summaries:
+            raise
+        written = ", ".join(s["output"] for s in summaries)
+        raise interrupted(exc, f"wrote {written}; the other rates were not written") from None
     if json_out:
         print_json(summaries[0] if rate is not None else summaries)
         return
@@ -629,15 +822,23 @@ def sweep(
         except ValueError:
             raise GcnshrinkError(f"--{what} must be a comma-separated list, got {text!r}") from None
 
-    paths = api.sweep(
-        model,
-        data,
-        output,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
-        rates=numbers(rates, float, "rates"),
-        epochs=epochs,
-        seeds=numbers(seeds, int, "seeds"),
-    )
+    try:
+        paths = api.sweep(
+            model,
+            data,
+            output,
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            rates=numbers(rates, float, "rates"),
+            epochs=epochs,
+            seeds=numbers(seeds, int, "seeds"),
+        )
+    except KeyboardInterrupt as exc:
+        cells = output / "cells"
+        if not (cells.is_dir() and any(cells.glob("*.json"))):
+            raise
+        raise interrupted(
+            exc, f"the finished cells in {cells} are kept; rerun the same command to continue"
+        ) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}")
 

@@ -32,7 +32,8 @@ Masks are ``masks_from_weights(graph, state)``: an entry is kept iff its weight 
      links inside the group need no fold because every member loses the unit.
    - Attention pairs ``(query_space, key_space)``: dimension i of a head goes iff it is not
      co-accessible or the head keeps no output unit (*useless*), or key i is input-independent and constant (then q_i·k_i is constant
-     along every softmax row, which softmax ignores: *constant key*), or query i is
+     along every softmax row, which softmax ignores: *constant key*; when the key steers through
+     unnormalised links, scores without a softmax, only an exactly zero key), or query i is
      input-independent and exactly zero (*zero*). No fold is needed; the attention scale is stored
      in the config and does not change.
 5. Removing units only removes entries, so a unit that fed nothing but removed units becomes useless
@@ -455,6 +456,14 @@ def _attention_verdicts(
     query = activity.get(query_space)
     key_constant = ~accessible[key_space] & (key.is_constant if key else no_measure)
     query_zero = ~accessible[query_space] & (query.is_zero if query else no_measure)
+    normalised = all(
+        link.semantics.normalised
+        for link in graph.links
+        if link.semantics.steers and link.source == key_space
+    )
+    if not normalised:  # no softmax ignores a constant key: only a zero one goes
+        query_zero |= ~accessible[key_space] & (key.is_zero if key else no_measure)
+        key_constant = no_measure
     # a kept output can still be useless (the last unit of a space), so co-accessibility counts too
     useless = ~steers_kept_output | ~coaccessible[query_space] | ~coaccessible[key_space]
     reasons: list[str | None] = [None] * width

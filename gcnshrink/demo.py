@@ -13,9 +13,12 @@ from pathlib import Path
 from rich.console import Console
 
 from gcnshrink import api
+from gcnshrink.arguments import check_int
 from gcnshrink.checkpoint import save_checkpoint
 from gcnshrink.data import load_data
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.files import check_folder_writable
+from gcnshrink.pruning.budget import check_rate
 from gcnshrink.train import TrainConfig
 
 DEMO_DATA = "synthetic:hands"
@@ -25,8 +28,15 @@ def run_demo(
     out: Path, *, epochs: int, finetune_epochs: int, rate: float, force: bool, console: Console
 ) -> dict:
     out = Path(out)
+    # every refusal comes before the folder is created and before minutes of training
+    check_int("--epochs", epochs, 1)
+    check_int("--finetune-epochs", finetune_epochs, 0)
+    check_rate(rate)
+    if out.exists() and not out.is_dir():
+        raise GcnshrinkError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         raise GcnshrinkError(f"{out} is not empty; pass --force to reuse it")
+    check_folder_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(DEMO_DATA)
     console.print(f"[bold]1/4 train[/] gcn on {data.summary()}")

@@ -18,7 +18,11 @@ Files written into the output folder (all verified before the command returns):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -26,7 +30,7 @@ import torch
 from gcnshrink.checkpoint import Checkpoint, checkpoint_metadata
 from gcnshrink.compact import compact_model
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.files import atomic_write
+from gcnshrink.files import atomic_write, check_folder_writable
 from gcnshrink.onnx_export import check_parity, export_onnx, quantize_int8
 from gcnshrink.sparse_format import load_tensors, save_tensors
 
@@ -83,8 +87,62 @@ def export_model(
     existing = [p for p in (*planned, summary_path) if p.exists()]
     if existing and not force:
         raise GcnshrinkError(f"{existing[0]} exists; pass --force to overwrite it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in (*planned, summary_path):
+        if path.is_dir():
+            raise GcnshrinkError(f"{path} is a folder, expected a file path")
+    check_folder_writable(out_dir)
+    with _staged(out_dir) as stage:
+        return _export_into(
+            ckpt, stage, out_dir, planned, calibration, fp16=fp16, int8=int8, force=force
+        )
 
+
+@contextlib.contextmanager
+def _staged(out_dir: Path):
+    """A temporary folder on the destination's file system that the whole set of files is written
+    into; only when every file is written and verified are they moved into ``out_dir`` (renames:
+    a full disk or an interrupt leaves the destination as it was, never a half set). The
+    temporary folder goes in any case; so do the folders above ``out_dir`` made for it."""
+    missing = [out_dir, *(p for p in out_dir.parents if not p.exists())]
+    missing = [p for p in missing if not p.exists()]
+    if out_dir.exists():
+        stage = out_dir / f".export-{uuid.uuid4().hex[:12]}.tmp"
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = out_dir.parent / f".{out_dir.name}.export-{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        stage.mkdir()
+        yield stage
+        if out_dir.exists():
+            for item in sorted(stage.iterdir(), key=lambda p: p.name == "export.json"):
+                os.replace(item, out_dir / item.name)  # export.json last: it lists the others
+        else:
+            os.replace(stage, out_dir)
+    except OSError as exc:
+        raise GcnshrinkError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if not out_dir.exists():
+            for folder in missing[1:]:  # innermost first; only the ones made for this export
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _export_into(
+    ckpt: Checkpoint,
+    stage: Path,
+    out_dir: Path,
+    planned: list[Path],
+    calibration: torch.Tensor,
+    *,
+    fp16: bool,
+    int8: bool,
+    force: bool,
+) -> dict:
+    """Write and verify the planned files in ``stage``; the summary names their final paths."""
+    onnx = out_dir / "model.onnx" in planned
+    sparse_onnx = out_dir / "model.sparse.onnx" in planned
+    force = True  # the stage is empty and ours: the destination's files were checked above
     result = compact_model(ckpt.build_model(), calibration)
     model = result.model.eval()
     compacted = Checkpoint.from_model(model, ckpt.class_names, ckpt.provenance, ckpt.pruning)
@@ -96,12 +154,10 @@ def export_model(
         "files": [],
     }
 
-    for path, is_sparse in (
-        (out_dir / "model.safetensors", False),
-        (out_dir / "model.sparse.safetensors", True),
-    ):
-        if path not in planned:
+    for name, is_sparse in (("model.safetensors", False), ("model.sparse.safetensors", True)):
+        if out_dir / name not in planned:
             continue
+        path = stage / name
         info = save_tensors(path, state, metadata, sparse=is_sparse, dtype=dtype, force=force)
         decoded, _ = load_tensors(path)
         for name, tensor in state.items():
@@ -111,7 +167,7 @@ def export_model(
             if not torch.equal(decoded[name], expected):
                 raise GcnshrinkError(f"{path}: {name} does not decode to what was written")
         entry = {
-            "path": str(path),
+            "path": str(out_dir / path.name),
             "bytes": path.stat().st_size,
             "kind": "sparse safetensors" if is_sparse else "safetensors",
         }
@@ -130,12 +186,13 @@ def export_model(
         with torch.no_grad():
             scale = float(model(calibration).abs().max())
         atol = PARITY_ATOL if not fp16 else 1e-2 * max(1.0, scale)
-    for path, wanted, sparse_weights in (
-        (out_dir / "model.onnx", onnx, False),
-        (out_dir / "model.sparse.onnx", sparse_onnx, True),
+    for name, wanted, sparse_weights in (
+        ("model.onnx", onnx, False),
+        ("model.sparse.onnx", sparse_onnx, True),
     ):
         if not wanted:
             continue
+        path = stage / name
         export_onnx(
             model, calibration[:2], path, fp16=fp16, sparse=sparse_weights, metadata=metadata,
             force=force,
@@ -143,7 +200,7 @@ def export_model(
         diff = check_parity(model, path, calibration, atol=atol)
         summary["files"].append(
             {
-                "path": str(path),
+                "path": str(out_dir / name),
                 "bytes": path.stat().st_size,
                 "kind": "onnx (sparse initializers)" if sparse_weights else "onnx",
                 "max_abs_diff": diff,
@@ -151,15 +208,15 @@ def export_model(
             }
         )
     if int8:
-        qpath = out_dir / "model.int8.onnx"
-        quantize_int8(out_dir / "model.onnx", qpath, force=force)
+        qpath = stage / "model.int8.onnx"
+        quantize_int8(stage / "model.onnx", qpath, force=force)
         summary["files"].append(
             {
-                "path": str(qpath),
+                "path": str(out_dir / qpath.name),
                 "bytes": qpath.stat().st_size,
                 "kind": "onnx int8",
                 "note": "check its accuracy with gcnshrink eval",
             }
         )
-    atomic_write(summary_path, json.dumps(summary, indent=2, default=str) + "\n", force=force)
+    atomic_write(stage / "export.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary

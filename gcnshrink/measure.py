@@ -18,7 +18,7 @@ a key means the same quantity everywhere:
 
 from __future__ import annotations
 
-import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -26,16 +26,23 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gcnshrink.checkpoint import Checkpoint, load_checkpoint
+from gcnshrink.checkpoint import (
+    FORMAT,
+    Checkpoint,
+    load_checkpoint,
+    meta_parameter_count,
+    parse_metadata,
+)
 from gcnshrink.compact import compact_model
 from gcnshrink.data import SkeletonData
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
 from gcnshrink.graph import masks_from_weights
 from gcnshrink.graph.propagation import topology_summary
-from gcnshrink.models import SkeletonModel, create_model
-from gcnshrink.onnx_export import OnnxRunner, export_onnx, onnx_latency_ms
-from gcnshrink.sparse_format import size_report
+from gcnshrink.models import SkeletonModel, create_model, model_class
+from gcnshrink.onnx_export import OnnxRunner, export_onnx, onnx_latency_ms, read_onnx
+from gcnshrink.pruning.ctf import removed_by_granularity
+from gcnshrink.sparse_format import MAX_DECODE_RATIO, MAX_DECODED_BYTES_FLOOR, size_report
 from gcnshrink.train import accuracy_metrics, evaluate
 
 DEFAULT_FRAMES = 32
@@ -96,6 +103,8 @@ def weight_counts(model: SkeletonModel) -> dict:
         "inconsistent_connections": topo["inconsistent_connections"],
         "dead_units": topo["dead_units"],
         "topology": topo,
+        # the removed weights split into whole channels, rows, columns and single entries
+        "removed_by": removed_by_granularity(graph, masks)["shares"],
     }
 
 
@@ -135,6 +144,12 @@ def model_accuracy(model: SkeletonModel, data: SkeletonData) -> dict:
 def onnx_accuracy(path: str | Path, data: SkeletonData) -> dict:
     """The same numbers as :func:`model_accuracy`, computed by onnxruntime from an ONNX file."""
     logits = torch.from_numpy(OnnxRunner(path)(data.x_test))
+    if logits.dim() != 2 or len(logits) != len(data.x_test):
+        raise GcnshrinkError(f"{path} returns shape {tuple(logits.shape)}, not (N, classes)")
+    if logits.shape[1] != data.num_classes:
+        raise GcnshrinkError(
+            f"{path} scores {logits.shape[1]} classes, data {data.spec!r} has {data.num_classes}"
+        )
     return accuracy_metrics(logits, data.y_test, data.num_classes)
 
 
@@ -153,23 +168,53 @@ def onnx_size_and_latency(
 
 
 def onnx_counts(path: Path) -> dict:
-    import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
+    _, proto = read_onnx(path)  # a file that is not a usable ONNX model is refused here
     params = nonzero = 0
-    for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        if arr.dtype.kind in "fc":
-            params += arr.size
-            nonzero += int(np.count_nonzero(arr))
-    for sparse in proto.graph.sparse_initializer:  # written by export --sparse-onnx
-        values = numpy_helper.to_array(sparse.values)
-        if values.dtype.kind in "fc":
-            params += int(np.prod(sparse.dims))
-            nonzero += int(np.count_nonzero(values))
+    try:
+        for init in proto.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.dtype.kind in "fc":
+                params += arr.size
+                nonzero += int(np.count_nonzero(arr))
+        for sparse in proto.graph.sparse_initializer:  # written by export --sparse-onnx
+            values = numpy_helper.to_array(sparse.values)
+            if any(d < 0 for d in sparse.dims):
+                raise ValueError(f"negative dimension in {list(sparse.dims)}")
+            if values.dtype.kind in "fc":
+                params += math.prod(sparse.dims)
+                nonzero += int(np.count_nonzero(values))
+    except (ValueError, TypeError, KeyError, MemoryError, OverflowError) as exc:
+        raise GcnshrinkError(f"{path}: a weight of the graph cannot be decoded ({exc})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     return {"params": params, "nonzero": nonzero, "metadata": meta}
+
+
+def _onnx_config(meta: dict[str, str], path: Path) -> tuple[str, dict] | None:
+    """(arch, config) from a gcnshrink ONNX export's metadata (None for other ONNX files). Broken
+    or inconsistent metadata is one line, never a wrong number: a config describing far more
+    weights than a file of this size could hold (building it for FLOPs would allocate them) is
+    refused by the sparse safetensors reader's rule (:data:`~gcnshrink.sparse_format.MAX_DECODE_RATIO`)."""
+    if not ({"format", "arch", "config"} & set(meta)):
+        return None  # an ONNX model from elsewhere: counted, but no architecture to speak of
+    if meta.get("format") != FORMAT:
+        raise GcnshrinkError(f"{path}: metadata format {meta.get('format')!r} is not {FORMAT!r}")
+    arch, config, *_ = parse_metadata(meta, path)
+    config = model_class(arch).make_config(config).to_dict()
+    params = meta_parameter_count(arch, config)
+    limit = max(MAX_DECODED_BYTES_FLOOR, MAX_DECODE_RATIO * path.stat().st_size)
+    if params is not None and 4 * params > limit:
+        raise GcnshrinkError(
+            f"{path}: its metadata describes a {arch} of {params:,} parameters, far more than "
+            "the file can hold"
+        )
+    return arch, config
+
+
+def onnx_flops(arch: str, config: dict) -> int:
+    """FLOPs of the architecture an ONNX export's metadata names (checked by _onnx_config)."""
+    return count_flops(create_model(arch, **config))
 
 
 # ------------------------------------------------------------------------------------ models
@@ -243,6 +288,26 @@ def _load(path: Path, load_options: dict | None, data: SkeletonData | None) -> C
     return ckpt
 
 
+def multi_rate_record(ckpt: Checkpoint) -> dict | None:
+    """The pruning record of a multi-rate checkpoint (latent weights, not one model), else None."""
+    record = ckpt.pruning or {}
+    return record if record.get("multi_rate") else None
+
+
+def refuse_multi_rate(ckpt: Checkpoint, name: str | Path | None, what: str) -> None:
+    """Commands that need one model refuse a multi-rate checkpoint, saying how to extract one."""
+    record = multi_rate_record(ckpt)
+    if record is None:
+        return
+    name = str(name) if name is not None else "MULTI.pt"
+    rates = ", ".join(f"{r:g}" for r in record.get("rates", []))
+    raise GcnshrinkError(
+        f"{name} is a multi-rate checkpoint ({record.get('method')}, trained for rates {rates}): "
+        f"{what} needs one model; extract one first: gcnshrink extract {name} --rate R -o "
+        "pruned.pt"
+    )
+
+
 def measure_accuracy(
     path: str | Path, data: SkeletonData, *, load_options: dict | None = None
 ) -> dict:
@@ -250,7 +315,9 @@ def measure_accuracy(
     path = _model_file(path)
     if path.suffix == ".onnx":
         return onnx_accuracy(path, data)
-    return model_accuracy(_load(path, load_options, data).build_model(), data)
+    ckpt = _load(path, load_options, data)
+    refuse_multi_rate(ckpt, path, "eval without --rates")
+    return model_accuracy(ckpt.build_model(), data)
 
 
 def measure_model(
@@ -261,9 +328,12 @@ def measure_model(
     flops: bool = True,
     layers: bool = False,
     load_options: dict | None = None,
+    multi_rate_ok: bool = False,
 ) -> dict:
     """Everything gcnshrink can say about one model file. ``data`` adds test accuracy, ``layers``
-    the per-tensor table of a checkpoint or safetensors file."""
+    the per-tensor table of a checkpoint or safetensors file. A multi-rate checkpoint is refused
+    unless ``multi_rate_ok`` (inspect): its numbers are those of the latent weights, and
+    ``multi_rate``/``trained_rates`` say so."""
     path = _model_file(path)
     out: dict = {
         "path": str(path),
@@ -272,13 +342,13 @@ def measure_model(
     }
     if path.suffix == ".onnx":
         counts = onnx_counts(path)
-        meta = counts.pop("metadata")
-        config = json.loads(meta["config"]) if "config" in meta else {}
+        described = _onnx_config(counts.pop("metadata"), path)
+        config = described[1] if described else {}
         out.update(counts)
         out["flops"] = None
-        if flops and config and "arch" in meta:
+        if flops and described:
             # FLOPs depend only on the architecture and widths recorded in the metadata
-            out["flops"] = count_flops(create_model(meta["arch"], **config))
+            out["flops"] = onnx_flops(*described)
         if data is not None:
             out.update(onnx_accuracy(path, data))
         if latency:
@@ -288,6 +358,16 @@ def measure_model(
             out["latency_ms"] = onnx_latency_ms(path, example)
         return out
     ckpt = _load(path, load_options, data)
+    record = multi_rate_record(ckpt)
+    if record is not None:
+        if not multi_rate_ok or data is not None:
+            refuse_multi_rate(ckpt, path, "this command")
+        out.update(
+            multi_rate=True,
+            method=record.get("method"),
+            trained_rates=list(record.get("rates", [])),
+            val_accuracy_by_rate=dict(record.get("val_accuracy_by_rate", {})),
+        )
     model = ckpt.build_model()
     out["arch"] = ckpt.arch
     out.update(

@@ -260,14 +260,85 @@ def export_onnx(
     _finish_and_write(proto, path, force)
 
 
-def _load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+MAX_ONNX_BYTES = 2**31 - 1  # protobuf cannot hold more; bigger models need external data
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Every tensor a graph holds: initializers, sparse ones, constants, nested subgraphs'."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        yield from _attribute_tensors(node.attribute)
+
+
+def _attribute_tensors(attributes):
+    for attr in attributes:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        sparse = list(attr.sparse_tensors)
+        if attr.HasField("sparse_tensor"):
+            sparse.append(attr.sparse_tensor)
+        for tensor in sparse:
+            yield from (tensor.values, tensor.indices)
+        if attr.HasField("g"):
+            yield from _all_tensors(attr.g)
+        for graph in attr.graphs:
+            yield from _all_tensors(graph)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines or [type(exc).__name__])[0][:200]
+
+
+def read_onnx(path: str | os.PathLike) -> tuple[bytes, onnx.ModelProto]:
+    """The bytes and the parsed model of an ONNX file gcnshrink can trust to be what it says.
+
+    Refused in one line: files that are not ONNX protobuf, models without a graph (an empty file
+    parses as an empty model), models that fail ``onnx.checker``, and models that refer to
+    external data files: gcnshrink writes self-contained files only, and a reference (an absolute
+    path, ``../``, a symbolic link) would make it read files the model's author chose. Sessions
+    are created from these bytes, so onnxruntime never opens another file either.
+    """
     path = Path(path)
     if not path.is_file():
         raise GcnshrinkError(f"{path} does not exist")
+    if path.stat().st_size > MAX_ONNX_BYTES:
+        raise GcnshrinkError(f"{path} is larger than an ONNX protobuf can be (2 GB)")
+    data = path.read_bytes()
     try:
-        return onnx.load(path)
+        proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises DecodeError, onnx its own types
-        raise GcnshrinkError(f"{path} is not an ONNX model ({exc})") from None
+        raise GcnshrinkError(f"{path} is not an ONNX model ({_one_line(exc)})") from None
+    graph = proto.graph
+    if not proto.HasField("graph") or not graph.node or not graph.input or not graph.output:
+        raise GcnshrinkError(
+            f"{path} is not an ONNX model (no graph with nodes, inputs and outputs)"
+        )
+    try:
+        tensors = [*_all_tensors(graph)]
+        for function in proto.functions:
+            for node in function.node:
+                tensors.extend(_attribute_tensors(node.attribute))
+    except RecursionError:
+        raise GcnshrinkError(f"{path}: subgraphs nested too deeply") from None
+    for prop in proto.metadata_props:
+        if not (isinstance(prop.key, str) and isinstance(prop.value, str)):
+            raise GcnshrinkError(f"{path}: metadata that is not UTF-8 text")
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise GcnshrinkError(
+                f"{path}: tensor {tensor.name!r} refers to the external data file {where!r}; "
+                "gcnshrink reads self-contained ONNX files only"
+            )
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # ValidationError, and others for malformed protos
+        raise GcnshrinkError(f"{path} is not a valid ONNX model ({_one_line(exc)})") from None
+    return data, proto
 
 
 def quantize_int8(
@@ -287,7 +358,7 @@ def quantize_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst_path = check_output_file(dst_path, force)
-    proto = _load_onnx(src_path)
+    _, proto = read_onnx(src_path)
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
         raise GcnshrinkError(f"{src_path} has float16 weights; quantize the float32 export")
     if proto.graph.sparse_initializer:
@@ -323,21 +394,31 @@ class OnnxRunner:
         import onnxruntime as ort
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise GcnshrinkError(f"{self.path} does not exist")
         if batch_size < 1:
             raise GcnshrinkError(f"batch size must be at least 1, got {batch_size}")
+        data, _ = read_onnx(self.path)  # checked, and never followed to other files
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; warnings are about graph rewrites
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several unrelated exception types
             first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise GcnshrinkError(
                 f"{self.path} cannot be loaded by onnxruntime: {first_line}"
             ) from None
+        try:
+            self._read_session(batch_size)
+        except UnicodeDecodeError:  # names or metadata an edited file made invalid UTF-8
+            raise GcnshrinkError(
+                f"{self.path}: names or metadata that are not UTF-8 text"
+            ) from None
+
+    def _read_session(self, batch_size: int) -> None:
+        if len(self.session.get_inputs()) != 1 or not self.session.get_outputs():
+            raise GcnshrinkError(
+                f"{self.path} has {len(self.session.get_inputs())} inputs; gcnshrink models have "
+                "one, the skeleton batch"
+            )
         model_input = self.session.get_inputs()[0]
         if model_input.type not in _NUMPY_DTYPE_BY_ORT_TYPE:
             raise GcnshrinkError(f"{self.path}: unsupported input type {model_input.type}")
@@ -378,7 +459,12 @@ class OnnxRunner:
                 # A model exported with a fixed batch needs full batches: pad, then drop.
                 pad = np.zeros((self.batch_size - real, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            logits = self.session.run(None, {self.input_name: chunk})[0]
+            try:
+                logits = self.session.run(None, {self.input_name: chunk})[0]
+            except Exception as exc:  # onnxruntime's errors: a graph that cannot run this input
+                raise GcnshrinkError(
+                    f"{self.path.name} fails to run on the input: {_one_line(exc)}"
+                ) from None
             outputs.append(logits[:real])
         if not outputs:
             raise GcnshrinkError("input has an empty batch (N = 0)")

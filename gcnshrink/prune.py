@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from gcnshrink.checkpoint import Checkpoint, file_sha256, load_checkpoint, provenance
+from gcnshrink.arguments import check_training
+from gcnshrink.checkpoint import (
+    Checkpoint,
+    check_state_keys_and_shapes,
+    file_sha256,
+    load_checkpoint,
+    provenance,
+    read_torch_file,
+)
 from gcnshrink.data import SkeletonData, load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
@@ -115,14 +123,17 @@ def prune(
     """
     spec = PruneSpec(tuple(rates) if rates else (rate,), scope, tuple(exclude), allow_collapse)
     spec.validate()
-    if epochs < 0:
-        raise GcnshrinkError(f"--epochs must be >= 0, got {epochs}")
+    check_training(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, min_epochs=0
+    )
     # a missing or unreadable file is a clear error before anything else
     ckpt = as_checkpoint(model)
     source_path = model if isinstance(model, (str, Path)) else source_path
     source_hash = file_sha256(source_path) if source_path is not None else None
     data = as_data(data, seed)
     ckpt.check_compatible(data)
+    if epochs > 0:
+        data.check_trainable()
     torch.manual_seed(seed)
     all_options = {**(options or {}), **method_options}
     create_method(method, spec, all_options, seed=seed)  # option errors before building models
@@ -139,6 +150,8 @@ def prune(
         progress=progress,
         precision=precision,
     )
+    if resume_from is not None:
+        check_resume_state(resume_from, working, train_config, pruner)
     if epochs > 0:
         result = fit(
             working, data, train_config, pruner, description=f"prune {method} @ {shown_rate}",
@@ -152,11 +165,14 @@ def prune(
     working = working.cpu().eval()
     prov = provenance(seed=seed, data=data.spec, source_sha256=source_hash, source=ckpt.provenance)
     class_names = ckpt.class_names or data.class_names
-    training = {"epochs": epochs, "best_epoch": best_epoch, "finetune_seconds": seconds}
+    # the checkpoint records what was done, not how long it took: the same command and seed give
+    # the same bytes; the time is in the summary (and a sweep's results)
+    training = {"epochs": epochs, "best_epoch": best_epoch}
     dense_fields = {
         "dense_accuracy": dense["accuracy"],
         "dense_mean_class_accuracy": dense["mean_class_accuracy"],
         "seed": seed,
+        "finetune_seconds": seconds,
     }
     if len(spec.rates) > 1:
         return _multi_rate_outcome(
@@ -194,6 +210,35 @@ def _multi_rate_outcome(working, pruner, data, class_names, prov, training, val_
     return PruneOutcome(ckpt, summary, working)
 
 
+TRAIN_STATE_FORMAT = "gcnshrink.train-state/1"
+
+
+def check_resume_state(
+    path: str | Path, model: torch.nn.Module, config: TrainConfig, method=None
+) -> None:
+    """Refuse, before training, a state file this run cannot continue from: not a training state,
+    another seed or epoch count (the result would not be the uninterrupted run's), another model
+    or another method."""
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise GcnshrinkError(f"{path}: not a gcnshrink training state file")
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not isinstance(state.get("model"), dict):
+        raise GcnshrinkError(f"{path}: broken training state (no config or model)")
+    if (saved.get("epochs"), saved.get("seed")) != (config.epochs, config.seed):
+        raise GcnshrinkError(
+            f"{path} continues a run of {saved.get('epochs')} epochs with seed "
+            f"{saved.get('seed')}; pass the same --epochs and --seed to resume it"
+        )
+    try:
+        check_state_keys_and_shapes(model.state_dict(), state["model"])
+    except GcnshrinkError as exc:
+        raise GcnshrinkError(f"{path} was saved by another model ({exc})") from None
+    own = method.state_dict() if method is not None else {}
+    if not isinstance(state.get("method"), dict) or set(state["method"]) != set(own):
+        raise GcnshrinkError(f"{path} was saved by another pruning method or by dense training")
+
+
 def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
     """A pruned checkpoint at any ``rate`` the multi-rate checkpoint's method serves: no data, no
     training. Its realized rate is the rate (the method's budget rule)."""
@@ -204,12 +249,24 @@ def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
             "not a multi-rate checkpoint (gcnshrink prune --rates a,b,c makes one)"
         )
     check_rate(rate)
-    options = {k: v for k, v in record["options"].items() if k != "method"}
-    spec = PruneSpec(tuple(record["rates"]), record["scope"], tuple(record["exclude"]))
+    try:  # an edited record is one line, not a KeyError deep in a method
+        options = {k: v for k, v in record["options"].items() if k != "method"}
+        spec = PruneSpec(tuple(record["rates"]), record["scope"], tuple(record["exclude"]))
+        spec.validate()
+        name = record["method"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise GcnshrinkError(
+            f"broken multi-rate checkpoint: its pruning record ({exc!r})"
+        ) from None
     working = ckpt.build_model()
     with torch.no_grad():
-        method = _attached_method(working, record["method"], spec, options, 0)
-    method.load_state_dict(ckpt.method_state or {})
+        method = _attached_method(working, name, spec, options, 0)
+    try:
+        method.load_state_dict(ckpt.method_state or {})
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise GcnshrinkError(
+            f"broken multi-rate checkpoint: its method state ({type(exc).__name__}: {exc})"
+        ) from None
     pruned = bake(working, method.masks_at(rate)).eval()
     summary, masks, counts = _pruned_summary(
         pruned, method, rate, None, {"extracted_from_rates": record["rates"]}

@@ -60,7 +60,10 @@ def _split_quantity(text: object, what: str) -> tuple[Decimal, str]:
             raise GcnshrinkError(f"{what}: {text!r} is not a finite number")
         if text < 0:
             raise GcnshrinkError(f"{what}: must not be negative, got {text!r}")
-        return Decimal(str(text)), ""
+        value = Decimal(str(text))
+        if value != 0 and value.adjusted() > _MAX_MAGNITUDE_DIGITS:  # TOML's 1e300, as a flag's
+            raise GcnshrinkError(f"{what}: {text!r} is implausibly large")
+        return value, ""
     if not isinstance(text, str):
         raise GcnshrinkError(f"{what}: expected a number or a string, got {type(text).__name__}")
     if text.strip().startswith("-"):

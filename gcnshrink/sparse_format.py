@@ -199,6 +199,19 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return metadata
 
 
+def _canonical_header(data: bytes) -> bytes:
+    """The same file with its metadata keys sorted: the safetensors library writes them in hash
+    order, which changes from run to run, so identical exports would differ in their bytes. Data
+    offsets are relative to the end of the header, so only the header and its length change."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the library pads the header to a multiple of 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
+
+
 def _encode(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None, sparse: bool
 ) -> tuple[bytes, dict]:
@@ -214,14 +227,15 @@ def _encode(
         for plan in plans:
             plan.encoding, plan.payload = "dense", plan.dense_bytes
         arrays = {plan.name: plan.tensor for plan in plans}
-    data = safetensors.torch.save(arrays, metadata=metadata or None)
+    data = _canonical_header(safetensors.torch.save(arrays, metadata=metadata or None))
     # what the caller's metadata (gcnshrink's config, classes, provenance) adds to a sparse file:
     # the size goal is about tensors, so the report separates the two. Measured by serializing
     # the (small) sparse file again without it; dense files have no size goal and skip this.
     metadata_bytes = None
     if sparse:
         manifest_only = {SPARSE_KEY: metadata[SPARSE_KEY]}
-        metadata_bytes = len(data) - len(safetensors.torch.save(arrays, manifest_only))
+        stripped = _canonical_header(safetensors.torch.save(arrays, manifest_only))
+        metadata_bytes = len(data) - len(stripped)
 
     payload = sum(p.payload for p in plans)
     bound = sum(p.bound for p in plans)
@@ -291,7 +305,7 @@ def _read_header(data: bytes, path: Path) -> dict:
         raise GcnshrinkError(f"{path} is not a safetensors file (bad header length)")
     try:
         header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise GcnshrinkError(f"{path} is not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise GcnshrinkError(f"{path} is not a safetensors file (header is not an object)")
@@ -356,6 +370,24 @@ def _decode_one(entry: list, reader: _Reader) -> tuple[str, torch.Tensor]:
     return name, tensor.reshape(shape)
 
 
+# A sparse file decodes to more bytes than it holds (that is its point), but a few kilobytes that
+# claim terabytes of zeros are an attack: decoding is refused beyond this many times the file's
+# size, or this floor for small files (a 0.999-pruned model decodes to ~400x its file).
+MAX_DECODE_RATIO = 1024
+MAX_DECODED_BYTES_FLOOR = 256 * 2**20
+
+
+def _declared_bytes(entry: object) -> int:
+    """Bytes the manifest entry's tensor decodes to; 0 for malformed entries (refused later)."""
+    try:
+        _, code, shape = entry[:3]
+        if code in _DTYPES and all(isinstance(d, int) and d >= 0 for d in shape):
+            return math.prod(shape) * np.dtype(_DTYPES[code][1]).itemsize
+    except (TypeError, ValueError, KeyError):
+        pass
+    return 0
+
+
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a dense or sparse file written by :func:`save_tensors` (or any safetensors file).
 
@@ -380,7 +412,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         manifest = json.loads(metadata.pop(SPARSE_KEY))
         version, entries = manifest["version"], manifest["tensors"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
         raise GcnshrinkError(f"{path}: sparse-format manifest is corrupt") from None
     if version != FORMAT_VERSION:
         raise GcnshrinkError(
@@ -391,11 +423,18 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not isinstance(entries, list) or blob is None or blob.dtype != torch.uint8 or stored:
         raise GcnshrinkError(f"{path}: sparse file must hold one U8 array {SPARSE_KEY!r}")
     reader = _Reader(blob.reshape(-1).numpy())
+    declared = sum(_declared_bytes(entry) for entry in entries)
+    limit = max(MAX_DECODED_BYTES_FLOOR, MAX_DECODE_RATIO * len(data))
+    if declared > limit:
+        raise GcnshrinkError(
+            f"{path}: sparse data would decode to {declared:,} bytes from a {len(data):,}-byte "
+            f"file (more than {MAX_DECODE_RATIO}x); refusing to allocate it"
+        )
     tensors = {}
     for entry in entries:
         try:
             name, tensor = _decode_one(entry, reader)
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (ValueError, TypeError, RuntimeError, MemoryError, OverflowError) as exc:
             raise GcnshrinkError(f"{path}: sparse data is corrupt ({exc})") from None
         if name in tensors:
             raise GcnshrinkError(f"{path}: tensor {name!r} appears twice in the manifest")

@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from gcnshrink.arguments import MAX_SEED, check_int, check_unique
 from gcnshrink.checkpoint import (
     file_sha256,
     load_checkpoint,
@@ -37,7 +38,7 @@ from gcnshrink.checkpoint import (
 from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.files import atomic_write
+from gcnshrink.files import atomic_write, check_folder_writable
 from gcnshrink.measure import measure_deployable
 from gcnshrink.prune import extract, prune
 from gcnshrink.pruning import method_class
@@ -69,13 +70,23 @@ def run_sweep(
         check_rate(r)
     if not methods or not rates or not seeds:
         raise GcnshrinkError("--methods, --rates and --seeds must each name at least one value")
+    for flag, values in (("--methods", methods), ("--rates", rates), ("--seeds", seeds)):
+        check_unique(flag, values)
+    check_int("--epochs", epochs, 0)
+    for seed in seeds:
+        check_int("--seeds", seed, 0, MAX_SEED)
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GcnshrinkError(f"{out_dir} exists and is not a folder")
+    check_folder_writable(out_dir)
     cells_dir = out_dir / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    # everything that can be refused is refused before the output folder is created
     ckpt = load_checkpoint(model_path)
     data = load_data(data_spec, seed=0)
     ckpt.check_compatible(data)
+    data.check_trainable()  # fine-tuning selects on validation; its samples calibrate compaction
+    cells_dir.mkdir(parents=True, exist_ok=True)
     calibration = data.x_val[:64]
     source_hash = file_sha256(model_path)
     grid = [(m, r, s) for m in methods for r in rates for s in seeds]
@@ -151,12 +162,20 @@ def run_sweep(
                     bar.update(task, cell=f"{method}-s{seed} (all rates)")
                     started = time.perf_counter()
                     multi_file = cells_dir / f"{method}-multi-s{seed}.pt"
+                    # checkpoints keep no timings (same command, same bytes): the fine-tune's
+                    # time goes to a note beside the multi-rate checkpoint
+                    timing_file = multi_file.with_suffix(".seconds.json")
                     if multi_file.exists():
                         multi = load_checkpoint(multi_file)
+                        seconds = None
+                        if timing_file.exists():
+                            seconds = json.loads(timing_file.read_text())["finetune_seconds"]
                     else:
-                        multi = prune_cell(method, seed, list(rates)).checkpoint
+                        trained = prune_cell(method, seed, list(rates))
+                        multi, seconds = trained.checkpoint, trained.summary["finetune_seconds"]
+                        note = json.dumps({"finetune_seconds": seconds})
+                        atomic_write(timing_file, note, force=True)
                         save_checkpoint(multi, multi_file, force=True)
-                    seconds = multi.pruning["finetune_seconds"]
                     for rate in missing:
                         bar.update(task, cell=cell_name(method, rate, seed))
                         write_cell(method, rate, seed, extract(multi, rate), seconds, started)

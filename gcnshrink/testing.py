@@ -312,10 +312,11 @@ def check_methods(arch: str, folder: Path) -> str | None:
                 assert kept == wanted, f"{name} at {rate}: {kept} kept, the budget is {wanted}"
             else:
                 assert kept <= wanted, f"{name} at {rate}: {kept} kept, more than {wanted}"
-        baked = bake(model, method.masks_at(served[0])).eval()
+        final = method.masks_at(served[0])
+        baked = bake(model, final).eval()  # the method is done with the model from here on
         assert not any(parametrize.is_parametrized(m) for m in baked.modules()), name
         named = dict(baked.named_parameters())
-        for key, mask in method.masks_at(served[0]).items():
+        for key, mask in final.items():
             assert not bool((named[key][~mask] != 0).any()), f"{name}: {key} not zero where pruned"
         assert torch.isfinite(_logits(baked, x)).all(), name
     return None

@@ -218,32 +218,31 @@ def test_bare_gcn_state_dict_imports(make_model, tmp_path):
     assert torch.equal(logits(ckpt.build_model(), x), logits(model, x))
 
 
-def agcn_like() -> dict[str, torch.Tensor]:
+def msg3d_like() -> dict[str, torch.Tensor]:
     return {
         "data_bn.weight": torch.ones(150),
-        "l1.gcn1.PA": torch.ones(3, 25, 25),
-        "l1.gcn1.conv_a.0.weight": torch.ones(16, 3, 1, 1),
-        "l1.gcn1.conv_d.0.weight": torch.ones(64, 3, 1, 1),
-        "fc.weight": torch.ones(60, 256),
+        "gcn3d1.gcn3d.0.gcn3d.1.mlp.layers.0.weight": torch.ones(96, 3, 1, 1, 1),
+        "fc.weight": torch.ones(60, 384),
     }
 
 
-def ctrgcn_like() -> dict[str, torch.Tensor]:
+def pyskl_ctrgcn_like() -> dict[str, torch.Tensor]:
     return {
-        "data_bn.weight": torch.ones(150),
-        "l1.gcn1.PA": torch.ones(3, 25, 25),
-        "l1.gcn1.convs.0.conv1.weight": torch.ones(8, 3, 1, 1),
-        "l1.tcn1.branches.0.0.weight": torch.ones(16, 64, 1, 1),
-        "fc.weight": torch.ones(60, 256),
+        "backbone.A": torch.ones(3, 25, 25),
+        "backbone.data_bn.weight": torch.ones(150),
+        "backbone.net.0.gcn1.A": torch.ones(3, 25, 25),
+        "backbone.net.0.gcn1.convs.0.conv1.weight": torch.ones(8, 3, 1, 1),
+        "backbone.net.0.tcn1.branches.0.0.weight": torch.ones(16, 64, 1, 1),
+        "cls_head.fc_cls.weight": torch.ones(60, 256),
     }
 
 
 @pytest.mark.parametrize(
     ("name", "state"),
     [
-        ("2s-AGCN", agcn_like()),
-        ("CTR-GCN", ctrgcn_like()),
-        ("CTR-GCN", {f"module.{k}": v for k, v in ctrgcn_like().items()}),
+        ("MS-G3D", msg3d_like()),
+        ("pyskl CTRGCN", pyskl_ctrgcn_like()),
+        ("pyskl CTRGCN", {f"module.{k}": v for k, v in pyskl_ctrgcn_like().items()}),
     ],
 )
 def test_unsupported_zoo_checkpoints_say_so(name, state, tmp_path):
@@ -273,8 +272,8 @@ def test_unrecognisable_keys_ask_for_arch(tmp_path):
 
 def test_unknown_arch_argument_is_a_clear_error(make_model, tmp_path):
     path = save_raw(make_model("stgcn").state_dict(), tmp_path / "st.pth")
-    with pytest.raises(GcnshrinkError, match="unknown architecture 'agcn'") as info:
-        load_checkpoint(path, arch="agcn")
+    with pytest.raises(GcnshrinkError, match="unknown architecture 'msg3d'") as info:
+        load_checkpoint(path, arch="msg3d")
     assert "gcn" in str(info.value) and "stgcn" in str(info.value)
 
 

@@ -248,7 +248,7 @@ BAD_INPUTS = {
         "--data",
         "synthetic:sbu?train=16&test=8",
     ],
-    "unknown-arch": lambda m, spec, out: ["train", "--data", spec, "--arch", "agcn", "-o", out],
+    "unknown-arch": lambda m, spec, out: ["train", "--data", spec, "--arch", "msg3d", "-o", out],
     "bad-set": lambda m, spec, out: ["train", "--data", spec, "--set", "heads", "-o", out],
     "zero-epochs": lambda m, spec, out: ["train", "--data", spec, "--epochs", "0", "-o", out],
     "empty-model-file": lambda m, spec, out: ["eval", "empty.pt", "--data", spec],

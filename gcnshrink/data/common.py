@@ -10,6 +10,10 @@ import numpy as np
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.layouts import Layout, get_layout
 
+# Class ids at or above this are refused: the model contract's limit on classes
+# (gcnshrink.models.base.MAX_CLASSES), and a file's labels become that many class names.
+MAX_CLASSES = 1 << 20
+
 # Layout guessed from the joint count when a file does not name one.
 LAYOUT_BY_JOINTS = {25: "ntu25", 21: "hand21", 18: "openpose18", 17: "coco17", 15: "sbu15"}
 
@@ -87,12 +91,25 @@ def layout_for(num_joints: int, persons: int, name: str | None, where: str) -> L
     return dataclasses.replace(layout, persons=persons)
 
 
-def check_x(x: np.ndarray, where: str) -> np.ndarray:
-    """A finite float32 (N, C, T, V, M) array, or a one-line GcnshrinkError naming ``where``."""
-    if x.ndim != 5:
-        raise GcnshrinkError(f"{where}: expected 5 axes (N, C, T, V, M), got shape {x.shape}")
+def check_sample_shape(shape: tuple[int, ...], where: str) -> None:
+    """(N, C, T, V, M) with at least one channel, frame, joint and person per sample."""
+    if len(shape) != 5:
+        raise GcnshrinkError(f"{where}: expected 5 axes (N, C, T, V, M), got shape {shape}")
+    for axis, name in zip(shape[1:], ("channels", "frames", "joints", "persons"), strict=True):
+        if axis == 0:
+            raise GcnshrinkError(f"{where}: samples of shape {shape} have no {name}")
+
+
+def check_x(x: np.ndarray, where: str, *, allow_empty: bool = False) -> np.ndarray:
+    """A finite float32 (N, C, T, V, M) array, or a one-line GcnshrinkError naming ``where``.
+    N = 0 is refused unless ``allow_empty`` (a validation split may be empty, train and test not)."""
+    check_sample_shape(x.shape, where)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise GcnshrinkError(f"{where}: expected real numbers, got dtype {x.dtype}")
+    if len(x) == 0:
+        if not allow_empty:
+            raise GcnshrinkError(f"{where}: no samples (an empty split)")
+        return np.zeros(x.shape, dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
     if not finite.all():
@@ -115,6 +132,8 @@ def check_y(y: np.ndarray, num_samples: int, where: str) -> np.ndarray:
         raise GcnshrinkError(f"{where}: expected integer class ids, got dtype {y.dtype}")
     if len(y) != num_samples:
         raise GcnshrinkError(f"{where}: {len(y)} labels for {num_samples} samples")
+    if len(y) and not y.max() < MAX_CLASSES:  # also catches floats beyond int64
+        raise GcnshrinkError(f"{where}: class id {y.max()} is implausibly large")
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise GcnshrinkError(f"{where}: negative class id {int(y.min())}")

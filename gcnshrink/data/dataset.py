@@ -76,6 +76,16 @@ class SkeletonData:
     def persons(self) -> int:
         return int(self.x_train.shape[4])
 
+    def check_trainable(self) -> None:
+        """Refuse data that training cannot use: the loop picks its epoch on the validation split,
+        which is empty when the file has none and no class has two training samples to carve one
+        from."""
+        if not len(self.y_val):
+            raise GcnshrinkError(
+                f"data {self.spec!r}: the validation split is empty (no class has two training "
+                "samples to hold one out); training needs validation samples"
+            )
+
     def summary(self) -> str:
         """One line for logs: sizes of the splits and of a sample."""
         return (
@@ -122,7 +132,8 @@ def load_data(
     - ``synthetic:sbu[?train=N&test=N&seed=S]``: built-in two-person interactions, 8 classes.
     - ``PATH.npz`` / ``npz:PATH``: gcnshrink's own arrays (x_* (N, C, T, V, M), y_* (N,)).
     - ``PATH.npz`` / ``ctrgcn:PATH[?layout=ntu25&channels=3]``: CTR-GCN's (N, T, M*V*C) + one-hot.
-    - ``DIR`` / ``stgcn:DIR[?layout=NAME]``: ST-GCN/2s-AGCN {train,val}_data_joint.npy + _label.pkl.
+    - ``DIR`` / ``stgcn:DIR[?layout=NAME&stream=NAME]``: ST-GCN/2s-AGCN {train,val}_data.npy or
+      _data_joint.npy (or the ``stream``: bone, joint_motion, bone_motion) + _label.pkl.
     - ``PATH.pkl`` / ``pyskl:PATH[?split=xsub|train=NAME&test=NAME&layout=NAME]``: pyskl annotations.
     - ``DIR`` / ``sbu:DIR[?fold=1..5|test_sets=1,9,...]``: raw SBU Kinect Interaction folder.
     - ``DIR`` / ``fpha:DIR[?split_file=PATH]``: raw FPHA folder with its action split file.
@@ -153,6 +164,9 @@ def _finish(
     arrays: SplitArrays, spec: str, *, seed: int, frames: int | None, val_fraction: float
 ) -> SkeletonData:
     """Bring splits to one T, carve validation if needed, and wrap in tensors."""
+    for split in ("train", "test"):
+        if not len(getattr(arrays, f"y_{split}")):
+            raise GcnshrinkError(f"data {spec!r}: the {split} split is empty")
     target_frames = frames or arrays.x_train.shape[2]
     x_train = _to_frames(arrays.x_train, target_frames)
     x_test = _to_frames(arrays.x_test, target_frames)

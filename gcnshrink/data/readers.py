@@ -7,6 +7,7 @@ The formats are described in docs/formats.md.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from gcnshrink.data.common import (
+    MAX_CLASSES,
     SBU_CLASSES,
     Options,
     SplitArrays,
     check_labels_below,
+    check_sample_shape,
     check_x,
     check_y,
     layout_for,
@@ -42,6 +45,7 @@ SBU_FOLDS = [
 SBU_SET_COUNT = 21
 
 STGCN_FILES = ("train_data_joint.npy", "train_label.pkl", "val_data_joint.npy", "val_label.pkl")
+STGCN_STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 FPHA_SPLIT_FILE = "data_split_action_recognition.txt"
 FPHA_POSE_DIR = "Hand_pose_annotation_v1"
 
@@ -53,21 +57,87 @@ def _class_names(count: int) -> list[str]:
 # --------------------------------------------------------------------------- .npz files
 
 
-def _open_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of an .npz, read with pickles disabled (object arrays are refused)."""
+# An .npz may expand to this many times its size, plus the slack: savez_compressed of skeleton
+# data (floats, zero padding) compresses a few times at most; a file that inflates to far more
+# is a zip bomb and is refused before anything is decompressed.
+MAX_NPZ_EXPANSION = 32
+NPZ_EXPANSION_SLACK = 256 * 2**20
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of every array of an .npz, from the zip directory and the .npy
+    headers only, refusing in one line what would make reading it dangerous: a zip bomb, pickled
+    (object) arrays, or a header that claims more bytes than its member holds (numpy would
+    allocate that much before finding out)."""
     if not path.is_file():
         raise GcnshrinkError(f"{path}: file not found")
+    size = path.stat().st_size
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            expanded = sum(info.file_size for info in members)
+            if expanded > MAX_NPZ_EXPANSION * size + NPZ_EXPANSION_SLACK:
+                raise GcnshrinkError(
+                    f"refusing to load {path}: its {size:,} bytes expand to {expanded:,} "
+                    "(a zip bomb?)"
+                )
+            for info in members:
+                if not info.filename.endswith(".npy"):
+                    continue
+                key = info.filename[: -len(".npy")]
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise GcnshrinkError(f"{path}: {key!r} has .npy format {version}")
+                if dtype.hasobject:
+                    raise GcnshrinkError(
+                        f"refusing to load {path}: {key!r} holds pickled data, which could run code"
+                    )
+                needed = math.prod(shape) * dtype.itemsize
+                if needed > info.file_size:
+                    raise GcnshrinkError(
+                        f"{path}: {key!r} claims shape {shape} ({needed:,} bytes) but holds "
+                        f"{info.file_size:,} bytes"
+                    )
+                headers[key] = (shape, dtype)
+    except GcnshrinkError:
+        raise
+    except MemoryError:
+        raise GcnshrinkError(f"{path}: not a readable .npz (too large for memory)") from None
+    except Exception as exc:  # zipfile, zlib and numpy's header parser raise many types
+        raise GcnshrinkError(f"{path}: not a readable .npz ({_one_line(exc)})") from None
+    return headers
+
+
+def _open_npz(path: Path) -> dict[str, np.ndarray]:
+    """All arrays of an .npz, read with pickles disabled (object arrays are refused)."""
+    headers = _npz_headers(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise GcnshrinkError(
-                f"refusing to load {path}: it holds a pickled object array, which could run code"
+                f"refusing to load {path}: it holds pickled data, which could run code"
             ) from None
-        raise GcnshrinkError(f"{path}: not a readable .npz ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise GcnshrinkError(f"{path}: not a readable .npz ({exc})") from None
+        raise GcnshrinkError(f"{path}: not a readable .npz ({_one_line(exc)})") from None
+    except MemoryError:
+        raise GcnshrinkError(f"{path}: not a readable .npz (too large for memory)") from None
+    except Exception as exc:  # zipfile, zlib and numpy raise many types on a broken archive
+        raise GcnshrinkError(f"{path}: not a readable .npz ({_one_line(exc)})") from None
+    for key, value in arrays.items():
+        if key not in headers or not isinstance(value, np.ndarray):
+            raise GcnshrinkError(f"{path}: member {key!r} is not a .npy array")
+    return arrays
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _require_keys(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> None:
@@ -79,21 +149,8 @@ def _require_keys(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Pa
 
 def _npz_member_ndim(path: Path, key: str) -> int | None:
     """Number of axes of ``key`` in an .npz, from the .npy header only (the arrays can be GBs)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if f"{key}.npy" not in archive.namelist():
-                return None
-            with archive.open(f"{key}.npy") as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape = np.lib.format.read_array_header_1_0(member)[0]
-                elif version == (2, 0):
-                    shape = np.lib.format.read_array_header_2_0(member)[0]
-                else:
-                    return None
-    except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise GcnshrinkError(f"{path}: not a readable .npz ({exc})") from None
-    return len(shape)
+    header = _npz_headers(path).get(key)
+    return None if header is None else len(header[0])
 
 
 def is_ctrgcn_npz(path: Path) -> bool:
@@ -113,7 +170,8 @@ def read_npz(path: Path, options: Options, frames: int | None) -> SplitArrays:
 
     xs, ys = {}, {}
     for split in split_names:
-        xs[split] = check_x(arrays[f"x_{split}"], f"{path}: key 'x_{split}'")
+        where = f"{path}: key 'x_{split}'"
+        xs[split] = check_x(arrays[f"x_{split}"], where, allow_empty=split == "val")
         ys[split] = check_y(arrays[f"y_{split}"], len(xs[split]), f"{path}: key 'y_{split}'")
     channels, _, joints, persons = xs["train"].shape[1:]
     for split in split_names:
@@ -225,30 +283,47 @@ def _one_hot_to_ids(y: np.ndarray, num_samples: int, where: str) -> np.ndarray:
 # --------------------------------------------------------------------------- ST-GCN / 2s-AGCN
 
 
+def _stgcn_array(path: Path, split: str, stream: str | None) -> Path:
+    """The array of one split: ``{split}_data_{stream}.npy`` (2s-AGCN, MS-G3D), or without a
+    stream the joint one, ``{split}_data_joint.npy``, else ST-GCN's own ``{split}_data.npy``."""
+    if stream is not None:
+        return path / f"{split}_data_{stream}.npy"
+    joint = path / f"{split}_data_joint.npy"
+    plain = path / f"{split}_data.npy"
+    return plain if not joint.is_file() and plain.is_file() else joint
+
+
 def read_stgcn(path: Path, options: Options, frames: int | None) -> SplitArrays:
     """ST-GCN / 2s-AGCN folder: {train,val}_data_joint.npy (N, C, T, V, M) + {train,val}_label.pkl.
 
-    The "val" files are those repositories' test split.
+    ST-GCN's own gendata scripts name the arrays {train,val}_data.npy; 2s-AGCN and MS-G3D add the
+    bone and motion streams ({split}_data_bone.npy, ..._joint_motion, ..._bone_motion), read with
+    ``?stream=NAME``. The "val" files are those repositories' test split.
     """
     layout_name = options.text("layout")
+    stream = options.text("stream")
     options.reject_unknown()
+    if stream is not None and stream not in STGCN_STREAMS:
+        raise GcnshrinkError(
+            f"{path}: unknown stream {stream!r} (streams: {', '.join(STGCN_STREAMS)})"
+        )
     if not path.is_dir():
         raise GcnshrinkError(f"{path}: not a directory (expected {', '.join(STGCN_FILES)})")
     xs, ys = {}, {}
+    arrays = {}
     for split, ours in (("train", "train"), ("val", "test")):
-        npy = path / f"{split}_data_joint.npy"
+        npy = arrays[ours] = _stgcn_array(path, split, stream)
         if not npy.is_file():
             raise GcnshrinkError(f"{npy}: file not found")
         try:
             # mmap: these files are large (NTU: ~6 GB at T=300); resampling to fewer frames then
             # reads one sample at a time instead of holding the whole file in memory twice
             mapped = np.load(npy, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise GcnshrinkError(f"{npy}: not a readable .npy array ({exc})") from None
-        if mapped.ndim != 5:
-            raise GcnshrinkError(
-                f"{npy}: expected 5 axes (N, C, T, V, M), got shape {mapped.shape}"
-            )
+        except Exception as exc:  # numpy's header parser and mmap raise many types
+            raise GcnshrinkError(f"{npy}: not a readable .npy array ({_one_line(exc)})") from None
+        if not isinstance(mapped, np.ndarray):
+            raise GcnshrinkError(f"{npy}: not a .npy array")
+        check_sample_shape(mapped.shape, str(npy))  # before resampling: 0 frames stay refused
         if frames is not None and frames != mapped.shape[2]:
             x = resample_padded(mapped, frames)
         else:
@@ -257,9 +332,7 @@ def read_stgcn(path: Path, options: Options, frames: int | None) -> SplitArrays:
         ys[ours] = _read_label_pkl(path / f"{split}_label.pkl", len(xs[ours]))
     _, channels, _, joints, persons = xs["train"].shape
     if xs["test"].shape[1:2] + xs["test"].shape[3:] != (channels, joints, persons):
-        raise GcnshrinkError(
-            f"{path / 'val_data_joint.npy'}: (C, V, M) differs from train_data_joint.npy"
-        )
+        raise GcnshrinkError(f"{arrays['test']}: (C, V, M) differs from {arrays['train'].name}")
     num_classes = 1 + max(int(y.max()) for y in ys.values() if len(y))
     return SplitArrays(
         x_train=xs["train"],
@@ -276,6 +349,8 @@ def _read_label_pkl(path: Path, num_samples: int) -> np.ndarray:
     if not (isinstance(content, (tuple, list)) and len(content) == 2):
         raise GcnshrinkError(f"{path}: expected a pickled pair (sample_names, labels)")
     names, labels = content
+    if not all(isinstance(part, list | tuple | np.ndarray) for part in content):
+        raise GcnshrinkError(f"{path}: sample names and labels must be lists")
     if len(names) != len(labels):
         raise GcnshrinkError(f"{path}: {len(names)} sample names but {len(labels)} labels")
     try:
@@ -309,7 +384,16 @@ def read_pyskl(path: Path, options: Options, frames: int | None) -> SplitArrays:
     for index, ann in enumerate(annotations):
         if not isinstance(ann, dict) or "frame_dir" not in ann:
             raise GcnshrinkError(f"{path}: annotations[{index}] has no 'frame_dir'")
+        if not isinstance(ann["frame_dir"], str):
+            raise GcnshrinkError(
+                f"{path}: annotations[{index}]['frame_dir'] must be a string, got "
+                f"{type(ann['frame_dir']).__name__}"
+            )
         by_id[ann["frame_dir"]] = ann
+    for name in (train_name, test_name):
+        listed = splits[name]
+        if not isinstance(listed, list | tuple) or not all(isinstance(c, str) for c in listed):
+            raise GcnshrinkError(f"{path}: split {name!r} must be a list of clip names (strings)")
 
     # split -> [(clip id, keypoints [M, T, V, C], label)]
     clips: dict[str, list[tuple[str, np.ndarray, int]]] = {}
@@ -394,7 +478,10 @@ def _pyskl_keypoints(ann: dict, where: str) -> np.ndarray:
         raise GcnshrinkError(f"{where}: 'keypoint' has no persons or no frames {keypoint.shape}")
     keypoint = keypoint.astype(np.float32)
     if "keypoint_score" in ann:
-        score = np.asarray(ann["keypoint_score"], dtype=np.float32)
+        try:
+            score = np.asarray(ann["keypoint_score"], dtype=np.float32)
+        except (ValueError, TypeError):
+            raise GcnshrinkError(f"{where}: 'keypoint_score' must be a numeric array") from None
         if score.shape != keypoint.shape[:3]:
             raise GcnshrinkError(
                 f"{where}: 'keypoint_score' shape {score.shape} does not match keypoint "
@@ -412,6 +499,8 @@ def _pyskl_label(ann: dict, where: str) -> int:
         raise GcnshrinkError(f"{where}: 'label' must be an integer class id, got {label!r}")
     if label < 0:
         raise GcnshrinkError(f"{where}: negative 'label' {label}")
+    if label >= MAX_CLASSES:
+        raise GcnshrinkError(f"{where}: 'label' {label} is implausibly large")
     return int(label)
 
 
@@ -602,6 +691,8 @@ def _parse_fpha_entry(line: str, path: Path) -> tuple[str, int]:
     fields = line.split()
     if len(fields) != 2 or len(fields[0].split("/")) != 3 or not fields[1].isdigit():
         raise GcnshrinkError(f"{path}: expected 'Subject_s/action/rep label', found {line!r}")
+    if int(fields[1]) >= MAX_CLASSES:
+        raise GcnshrinkError(f"{path}: label {fields[1]} is implausibly large")
     return fields[0], int(fields[1])
 
 
@@ -631,13 +722,14 @@ def detect_kind(path: Path) -> str:
         raise GcnshrinkError(
             f"{path}: cannot tell the format from the name; expected .npz or .pkl, or a folder"
         )
-    if (path / STGCN_FILES[0]).is_file():
+    if (path / STGCN_FILES[0]).is_file() or any(path.glob("train_data*.npy")):
         return "stgcn"
     if is_fpha_dir(path):
         return "fpha"
     if is_sbu_dir(path):
         return "sbu"
     raise GcnshrinkError(
-        f"{path}: folder is not ST-GCN (train_data_joint.npy), FPHA ({FPHA_SPLIT_FILE}) or SBU "
+        f"{path}: folder is not ST-GCN (train_data.npy or train_data_joint.npy), FPHA "
+        f"({FPHA_SPLIT_FILE}) or SBU "
         "(<set>/<action>/<seq>/skeleton_pos.txt)"
     )

@@ -165,11 +165,12 @@ def _trim(
             if link.semantics.carries_signal and acc[link.source][u]:
                 in_support[link.target][v] += 1
                 signal_out.setdefault((link.source, u), []).append((link.target, v))
-            useful = coacc[link.target][v] and (not link.semantics.steers or acc[link.target][v])
+            gated = link.semantics.coaccessible_through_signal_only
+            useful = coacc[link.target][v] and (not gated or acc[link.target][v])
             if useful:
                 out_support[link.source][u] += 1
                 links_in.setdefault((link.target, v), []).append((link.source, u))
-                if link.semantics.steers:
+                if gated:
                     steered_by.setdefault((link.target, v), []).append((link.source, u))
 
     removed: set[tuple[str, int]] = set()

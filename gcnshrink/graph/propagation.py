@@ -14,8 +14,9 @@ interleaved rows map several positions to one unit).
 - forward, in space order: input units are 1; a unit's pre-activation z sums its incoming signal
   links' sources and M·a over its incoming weights; a = step(z);
 - backward, in reverse order: output units are 1; a unit's pre-activation sums what its outgoing
-  weights (Mᵀ·c) and links carry back; a steering link carries back only from targets that are
-  accessible (attention over constants re-weights constants: it needs no steering); c = step(z).
+  weights (Mᵀ·c) and links carry back; a normalised steering link carries back only from targets
+  that are accessible (softmax attention over constants re-weights constants: it needs no
+  steering), an unnormalised one from every target; c = step(z).
 
 ``step`` is 1[z > 0] for the boolean answer; TCP passes a straight-through version of it.
 """
@@ -106,7 +107,7 @@ def propagate(
         for link in graph.incoming_links[space.name]:
             source_units, target_units = units.of_link(link)
             carried = here[target_units]
-            if link.semantics.steers:
+            if link.semantics.coaccessible_through_signal_only:
                 carried = carried * acc[space.name][target_units]
             coacc_z[link.source] = coacc_z[link.source].index_add(0, source_units, carried)
         for b in graph.incoming_weights[space.name]:

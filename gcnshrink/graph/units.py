@@ -20,10 +20,14 @@ linear layer maps position ``i`` to unit ``i``. Prunable weights have a *source*
 every entry then connects ``source_unit -> target_unit``. Biases and norm parameters bind a single axis.
 
 A *link* is a structural, weight-free connection: an identity residual (``out[i-1][c] -> out[i][c]``),
-the node-major flatten before a fully connected layer (``channel c -> flat (v, c)``), or attention
-steering (query/key dimensions of head ``h`` steer the aggregation of head ``h``'s output units).
-Steering links carry no signal forward (the attention only re-weights neighbours), so they count for
-co-accessibility but not for accessibility.
+the node-major flatten before a fully connected layer (``channel c -> flat (v, c)``), attention
+steering (query/key dimensions of head ``h`` steer the aggregation of head ``h``'s output units), or
+a per-channel steer (CTR-GCN's channel-wise topology: unit c steers how unit c is aggregated, and
+both spaces keep the same units).
+Softmax-normalised steering links carry no signal forward (the attention only re-weights
+neighbours, constants stay constants), so they count for co-accessibility but not for
+accessibility; unnormalised ones (tanh topologies, sigmoid gates) modulate their target and count
+for both (:class:`LinkKind`).
 
 Joint-indexed tensors (adjacency, edge importance, attention scores) have no binding: nothing ever
 prunes or cuts them along a joint axis.
@@ -42,12 +46,17 @@ class LinkKind:
     """What a kind of link means, stated once; every consumer asks these questions, never the name.
 
     - ``carries_signal``: the source's activation flows to the target (accessibility goes forward);
-    - ``joins_units``: source unit i and target unit i are added together, so they are kept or
-      removed together (a residual);
+    - ``joins_units``: source unit i and target unit i are kept or removed together (a residual
+      adds them; a per-channel steer pairs them);
     - ``derives_target``: the target space is made of the source's units (the flatten before a
       fully connected layer); it is never decided on its own;
-    - ``steers``: the source re-weights how the target is aggregated without carrying channels, so
-      it carries co-accessibility back only from targets that carry signal.
+    - ``steers``: the source re-weights how the target is aggregated without carrying channels;
+    - ``normalised``: the steering goes through a softmax over the neighbours it weighs, so an
+      aggregated constant stays input-independent and a constant key dimension changes nothing.
+      Such a link carries no signal and carries co-accessibility back only from targets that
+      carry signal. An unnormalised one (a tanh topology, a sigmoid gate) modulates its target:
+      even a constant channel aggregated or gated by it depends on the input, so it carries
+      signal forward and co-accessibility back from every co-accessible target.
     """
 
     name: str
@@ -55,6 +64,12 @@ class LinkKind:
     joins_units: bool = False
     derives_target: bool = False
     steers: bool = False
+    normalised: bool = False
+
+    @property
+    def coaccessible_through_signal_only(self) -> bool:
+        """Co-accessibility comes back only from targets that carry signal (normalised steering)."""
+        return self.steers and self.normalised
 
 
 LINK_KINDS = {
@@ -62,7 +77,13 @@ LINK_KINDS = {
     for kind in (
         LinkKind("identity", carries_signal=True, joins_units=True),
         LinkKind("flatten", carries_signal=True, derives_target=True),
-        LinkKind("steer", carries_signal=False, steers=True),
+        LinkKind("steer", carries_signal=False, steers=True, normalised=True),
+        # tanh attention (MS-AAGCN), spatial and temporal gates
+        LinkKind("unnormalised_steer", carries_signal=True, steers=True),
+        # a per-channel topology or gate: source unit c re-weights how target unit c is
+        # aggregated (CTR-GCN's conv4 output, MS-AAGCN's channel gate), so the two spaces keep the
+        # same units
+        LinkKind("channel_steer", carries_signal=True, joins_units=True, steers=True),
     )
 }
 
@@ -159,12 +180,25 @@ class Link:
 
     @classmethod
     def steer(
-        cls, source: str, source_units: Iterable[int], target: str, target_units: Iterable[int]
+        cls,
+        source: str,
+        source_units: Iterable[int],
+        target: str,
+        target_units: Iterable[int],
+        normalised: bool = True,
     ) -> Link:
-        """Every source unit steers every target unit (attention dims of a head -> its outputs)."""
+        """Every source unit steers every target unit (attention dims of a head -> its outputs);
+        ``normalised``: through a softmax over the neighbours (see :class:`LinkKind`)."""
         s = torch.as_tensor(list(source_units), dtype=torch.long)
         t = torch.as_tensor(list(target_units), dtype=torch.long)
-        return cls(source, target, s.repeat_interleave(len(t)), t.repeat(len(s)), "steer")
+        kind = "steer" if normalised else "unnormalised_steer"
+        return cls(source, target, s.repeat_interleave(len(t)), t.repeat(len(s)), kind)
+
+    @classmethod
+    def channel_steer(cls, source: str, target: str, width: int) -> Link:
+        """Source unit c steers target unit c only, and the two are kept or removed together."""
+        units = torch.arange(width)
+        return cls(source, target, units, units, "channel_steer")
 
 
 @dataclass
@@ -243,7 +277,7 @@ class UnitGraph:
                     torch.equal(link.source_units, units) and torch.equal(link.target_units, units)
                 ):
                     raise ValueError(
-                        f"identity link {link.source} -> {link.target} is not unit-by-unit"
+                        f"{link.kind} link {link.source} -> {link.target} is not unit-by-unit"
                     )
         joins = [(link.source, link.target) for link in self.links if link.semantics.joins_units]
         # residual chains over every space (compaction decides each chain as one)

@@ -4,7 +4,7 @@ Importing this package registers the built-in architectures; others come from in
 through the ``gcnshrink.models`` entry-point group (:mod:`gcnshrink.models.registry`).
 """
 
-from gcnshrink.models import gcn, stgcn  # noqa: F401  (registration side effect)
+from gcnshrink.models import aagcn, agcn, ctrgcn, gcn, pyskl_stgcn, stgcn  # noqa: F401  (registration side effect)
 from gcnshrink.models.base import ModelConfig, SkeletonModel
 from gcnshrink.models.registry import (
     available_models,

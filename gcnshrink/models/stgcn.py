@@ -32,6 +32,7 @@ from gcnshrink.models.base import (
     check_int,
     check_list,
 )
+from gcnshrink.models.pyskl_stgcn import stgcn_imports
 from gcnshrink.models.registry import register_model
 
 TEMPORAL_KERNEL = 9
@@ -286,7 +287,9 @@ class STGCN(SkeletonModel):
     def recognizes(cls, state: Mapping[str, torch.Tensor]) -> bool:
         if any(k.startswith("st_gcn_networks.") for k in state):
             return True
-        return _is_pyskl(state)
+        # pyskl's other STGCN variants (down branches, mstcn, adaptive init/offset) are
+        # pyskl_stgcn's
+        return stgcn_imports(state)
 
     @classmethod
     def rename_foreign(cls, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -299,13 +302,6 @@ class STGCN(SkeletonModel):
         cls, state: Mapping[str, torch.Tensor], layout: Layout | None, num_classes: int | None
     ) -> dict:
         return infer_stgcn_config(state, layout, num_classes)
-
-
-def _is_pyskl(state: Mapping[str, torch.Tensor]) -> bool:
-    """pyskl's STGCN once its ``backbone.`` prefix is stripped: ``gcn.{i}.gcn.*`` and a head."""
-    return any(k.startswith("gcn.") and ".gcn." in k for k in state) and any(
-        k.startswith("cls_head.") for k in state
-    )
 
 
 def rename_pyskl_stgcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -339,7 +335,8 @@ def rename_pyskl_stgcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
                 out[f"st_gcn_networks.{i}.residual.1.{rest[3:]}"] = value
             else:
                 raise GcnshrinkError(
-                    f"unsupported pyskl STGCN key {'backbone.' + key!r} (only the default importance/unit_tcn variant imports)"
+                    f"unsupported pyskl STGCN key {'backbone.' + key!r} (only the default importance/unit_tcn variant imports as stgcn; "
+                    "pass --arch pyskl_stgcn)"
                 )
         elif key.startswith("cls_head.fc_cls."):
             param = key.rsplit(".", 1)[1]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.pruning.method import HardMask, PruningMethod
+from gcnshrink.graph import consistent
+from gcnshrink.pruning.method import HardMask, PruningMethod, latent_weight
 from gcnshrink.pruning.registry import register_method
 
 
@@ -90,10 +91,16 @@ class StructuredPruning(PruningMethod):
                     removed_entries[name] |= hit
                     removed += int(hit.sum())
         self.removed_units = int(removed_units.sum())
-        self.masks = {
-            name: (~removed_entries[name]).view_as(w).to(w.device)
-            for name, w in self.latent().items()
+        masks = {name: (~removed_entries[name]).view_as(w) for name, w in self.latent().items()}
+        # a kept unit whose every outgoing (or incoming) weight went with removed units is dead
+        # too (a multi-scale TCN branch whose whole output segment went): drop what it still has
+        out_of_scope = {
+            b.name: torch.ones(latent_weight(self.model, b.name).shape, dtype=torch.bool)
+            for b in self.graph.prunable
+            if b.name not in masks
         }
+        kept = consistent(self.graph, {**out_of_scope, **masks})
+        self.masks = {name: kept[name].to(w.device) for name, w in self.latent().items()}
         for name, mask in self.masks.items():
             self.register(name, HardMask(mask))
 

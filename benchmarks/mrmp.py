@@ -1,0 +1,259 @@
+"""MRMP's point, measured: one training that serves every rate, against per-rate methods.
+
+For each dataset and seed: train the default ``gcn`` (selection on validation), then
+
+- ``mrmp`` once, for the trained rates (default 0.5, 0.9, 0.95, 0.99), and extract from that one
+  multi-rate checkpoint the trained rates, rates between them (0.97, 0.985) and beyond them
+  (0.995), without data or training (``api.extract``);
+- every per-rate method (default ``srmp``, ``mp``, ``tcp``) fine-tuned separately at each of those
+  rates.
+
+Every fine-tune (mrmp's one, and each per-rate one) gets the same number of epochs (``--finetune``)
+at the same learning rate, so mrmp's total training time is one run against the per-rate methods'
+sum over rates. Test accuracy per rate, MRMP's gap to per-rate SRMP, the realized rates, total
+fine-tune time per method, and the time of one extraction of the default ``gcn`` in-process.
+
+    python benchmarks/mrmp.py                    # hands and sbu, 3 seeds (hours on 2 CPUs)
+    python benchmarks/mrmp.py --datasets synthetic:hands --seeds 0     # one seed
+    python benchmarks/mrmp.py --quick            # smoke run: one seed, short training
+
+Writes benchmarks/results/mrmp.json and .md (``--out``); resumes from mrmp.partial.json after an
+interruption. Nothing here is asserted: it is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from gcnshrink import api
+from gcnshrink.data import load_data
+from gcnshrink.defaults import FINETUNE_LR
+from gcnshrink.train import TrainConfig
+from gcnshrink.train import evaluate as test_metrics
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_rates(text: str) -> list[float]:
+    return [float(r) for r in text.split(",") if r]
+
+
+def extraction_seconds(ckpt, rate: float, repeats: int = 5) -> float:
+    """Median wall time of ``api.extract`` at ``rate``, in-process (the checkpoint in memory)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        api.extract(ckpt, rate)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="synthetic:hands,synthetic:sbu")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rates", default="0.5,0.9,0.95,0.99", help="mrmp's trained rates")
+    parser.add_argument("--between", default="0.97,0.985", help="untrained rates between them")
+    parser.add_argument("--beyond", default="0.995", help="untrained rates beyond them")
+    parser.add_argument(
+        "--methods", default="srmp,mp,tcp", help="per-rate methods, method[:score] (mp:lamp)"
+    )
+    parser.add_argument("--epochs", type=int, default=150, help="dense training epochs")
+    parser.add_argument(
+        "--finetune", type=int, default=20, help="fine-tune epochs of every run, mrmp's included"
+    )
+    parser.add_argument("--lr", type=float, default=FINETUNE_LR)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="smoke run: one seed, short runs")
+    parser.add_argument("--out", default=str(RESULTS / "mrmp"))
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.seeds, args.epochs, args.finetune = "synthetic:hands", "0", 10, 2
+        args.rates, args.between, args.beyond = "0.5,0.9,0.99", "0.97", "0.995"
+        if args.out == str(RESULTS / "mrmp"):
+            args.out = str(RESULTS / "mrmp_quick")
+    torch.set_num_threads(args.threads)
+    trained = parse_rates(args.rates)
+    between, beyond = parse_rates(args.between), parse_rates(args.beyond)
+    eval_rates = sorted({*trained, *between, *beyond})
+    methods = args.methods.split(",")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
+    done = json.loads(partial.read_text()) if partial.exists() else {"records": []}
+    records = done["records"]
+
+    def finished(spec, seed, method, rate=None) -> bool:
+        return any(
+            (r["data"], r["seed"], r["method"]) == (spec, seed, method)
+            and (rate is None or r["rate"] == rate)
+            for r in records
+        )
+
+    def save(record: dict) -> None:
+        records.append(record)
+        partial.write_text(json.dumps({"records": records}, indent=1))
+
+    for spec in args.datasets.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            data = load_data(spec, seed=seed)
+            config = TrainConfig(epochs=args.epochs, seed=seed, progress=False)
+            ckpt, dense = api.train(data, "gcn", config=config)
+            print(f"{spec} seed {seed}: dense {dense['accuracy']:.3f}", flush=True)
+            if not finished(spec, seed, "dense"):
+                save(
+                    {"data": spec, "seed": seed, "method": "dense", "rate": 0.0,
+                     "accuracy": dense["accuracy"], "seconds": dense["seconds"]}
+                )  # fmt: skip
+            if not finished(spec, seed, "mrmp"):
+                outcome = api.prune(
+                    ckpt, data, method="mrmp", rates=trained, epochs=args.finetune, lr=args.lr,
+                    seed=seed, progress=False,
+                )  # fmt: skip
+                multi = outcome.checkpoint
+                seconds = outcome.summary["finetune_seconds"]
+                for rate in eval_rates:
+                    started = time.perf_counter()
+                    extracted = api.extract(multi, rate)
+                    took = time.perf_counter() - started
+                    test = test_metrics(extracted.model, data.x_test, data.y_test, data.num_classes)
+                    kind = "trained" if rate in trained else "between" if rate in between else (
+                        "beyond"
+                    )  # fmt: skip
+                    save(
+                        {"data": spec, "seed": seed, "method": "mrmp", "rate": rate,
+                         "kind": kind, "accuracy": test["accuracy"],
+                         "realized_rate": extracted.summary["realized_rate"],
+                         "extract_seconds": took,
+                         "finetune_seconds": seconds if rate == eval_rates[0] else 0.0,
+                         "best_epoch": outcome.summary["best_epoch"]}
+                    )  # fmt: skip
+                    print(f"  mrmp   @ {rate:g} ({kind}): {test['accuracy']:.3f}", flush=True)
+                if seed == int(args.seeds.split(",")[0]):
+                    save(
+                        {"data": spec, "seed": seed, "method": "extract-timing", "rate": 0.99,
+                         "seconds": extraction_seconds(multi, 0.99)}
+                    )  # fmt: skip
+            for rate in eval_rates:
+                for method in methods:
+                    if finished(spec, seed, method, rate):
+                        continue
+                    name, _, score = method.partition(":")
+                    options = {"score": score} if score else {}
+                    outcome = api.prune(
+                        ckpt, data, method=name, rate=rate, epochs=args.finetune, lr=args.lr,
+                        seed=seed, progress=False, allow_collapse=True, **options,
+                    )  # fmt: skip
+                    s = outcome.summary
+                    save(
+                        {"data": spec, "seed": seed, "method": method, "rate": rate,
+                         "accuracy": s["accuracy"], "realized_rate": s["realized_rate"],
+                         "finetune_seconds": s["finetune_seconds"]}
+                    )  # fmt: skip
+                    print(f"  {method:<6} @ {rate:g}: {s['accuracy']:.3f}", flush=True)
+    result = {"args": vars(args), "records": records}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(render(result))
+    partial.unlink(missing_ok=True)
+    print(out.with_suffix(".md").read_text())
+
+
+def fmt(values: list[float], pp: bool = False) -> str:
+    if not values:
+        return "-"
+    scale, unit = (100.0, " pp") if pp else (100.0, "%")
+    sign = "+" if pp else ""
+    if len(values) == 1:
+        return f"{values[0] * scale:{sign}.1f}{unit}"
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    return f"{mean * scale:{sign}.1f}{unit} ± {std * scale:.1f}"
+
+
+def render(result: dict) -> str:
+    a = result["args"]
+    recs = result["records"]
+    flags = "--quick" if a["quick"] else (
+        f"--datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} "
+        f"--between {a['between']} --beyond {a['beyond']} --methods {a['methods']} "
+        f"--epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
+    )  # fmt: skip
+    seeds = a["seeds"].split(",")
+    spread = f"mean ± std over seeds {a['seeds']}" if len(seeds) > 1 else f"seed {a['seeds']}"
+    methods = a["methods"].split(",")
+    lines = [
+        f"Command: `python benchmarks/mrmp.py {flags}`",
+        "",
+        f"Default `gcn`, dense training {a['epochs']} epochs. `mrmp` is fine-tuned **once** for "
+        f"rates {a['rates']} and every rate is extracted from that one checkpoint; each per-rate "
+        f"method is fine-tuned separately at each rate. Every fine-tune: {a['finetune']} epochs, "
+        f"Adam {a['lr']:g}, best epoch on validation. Test accuracy, {spread}. "
+        "Δ: mrmp − srmp, per seed.",
+    ]
+    for spec in a["datasets"].split(","):
+        mine = [r for r in recs if r["data"] == spec]
+        if not mine:
+            continue
+        dense = [r["accuracy"] for r in mine if r["method"] == "dense"]
+        rates = sorted({r["rate"] for r in mine if r["method"] == "mrmp"})
+        header = ["rate", "kind", "mrmp", *methods]
+        if "srmp" in methods:
+            header.append("Δ mrmp − srmp")
+        lines += [
+            "",
+            f"### {spec} (dense {fmt(dense)})",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for rate in rates:
+            cells = {
+                m: {
+                    r["seed"]: r["accuracy"] for r in mine if r["method"] == m and r["rate"] == rate
+                }
+                for m in ["mrmp", *methods]
+            }
+            kind = next(r["kind"] for r in mine if r["method"] == "mrmp" and r["rate"] == rate)
+            row = [f"{rate:g}", kind] + [fmt(list(cells[m].values())) for m in ["mrmp", *methods]]
+            if "srmp" in methods:
+                gaps = [
+                    cells["mrmp"][s] - cells["srmp"][s] for s in cells["mrmp"] if s in cells["srmp"]
+                ]
+                row.append(fmt(gaps, pp=True))
+            lines.append("| " + " | ".join(row) + " |")
+        totals = []
+        for m in ["mrmp", *methods]:
+            per_seed = {}
+            for r in mine:
+                if r["method"] == m:
+                    per_seed[r["seed"]] = per_seed.get(r["seed"], 0.0) + r["finetune_seconds"]
+            totals.append(statistics.mean(per_seed.values()) if per_seed else float("nan"))
+        lines += [
+            "",
+            f"Total fine-tune time for all {len(rates)} rates (seconds, mean over seeds): "
+            + ", ".join(f"{m} {t:.0f}" for m, t in zip(["mrmp", *methods], totals, strict=True))
+            + (
+                f"; mrmp / srmp = {totals[0] / totals[1 + methods.index('srmp')]:.2f}"
+                if "srmp" in methods
+                else ""
+            )
+            + ".",
+        ]
+        realized = [abs(r["realized_rate"] - r["rate"]) for r in mine if r["method"] == "mrmp"]
+        timing = [r["seconds"] for r in mine if r["method"] == "extract-timing"]
+        took = (
+            f"; one extraction at 0.99 takes {timing[0] * 1e3:.0f} ms in-process" if timing else ""
+        )
+        lines.append(
+            f"mrmp extractions: largest |realized − requested rate| {max(realized):.1e}{took}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""srmp and mrmp: the prior's quantile map, the KL term, exact and deterministic extraction, and
+multi-rate checkpoints (trained once, any rate extracted, round-trip through a file)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from gcnshrink import api
+from gcnshrink.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from gcnshrink.errors import GcnshrinkError
+from gcnshrink.pruning import PruneSpec, create_method, delivering, remove_masks
+from gcnshrink.pruning.budget import budget_per_tensor, global_budget
+from gcnshrink.pruning.mrmp import HistogramKL, Prior, largest_remainder
+from gcnshrink.train import TrainConfig, evaluate, fit
+from tests.tiny_zoo import tiny_builders, tiny_gcn
+
+TINY = "synthetic:hands?train=120&test=60"  # conftest's tiny data
+RATES = (0.3, 0.5, 0.77, 0.9, 0.95, 0.97, 0.985, 0.99, 0.995)
+
+
+def prior_samples(family: str, n: int, scale: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if family == "laplace":
+        u = torch.rand(n, generator=generator, dtype=torch.float64) - 0.5
+        return -scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+    return scale * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def attached(method: str, rates, model=None, scope="global", **options):
+    model = model if model is not None else tiny_gcn()
+    pruner = create_method(method, PruneSpec(tuple(rates), scope), options, seed=0)
+    pruner.attach(model.train(), model.unit_graph())
+    return model, pruner
+
+
+def fill_from_prior(model, pruner, family: str, seed: int = 0) -> None:
+    """Latent weights drawn from the prior (each tensor its own scale)."""
+    with torch.no_grad():
+        for i, w in enumerate(pruner.latent().values()):
+            w.copy_(prior_samples(family, w.numel(), 0.1 * (i + 1), seed + i).view_as(w))
+
+
+# ---------------------------------------------------------------------------- the prior
+@pytest.mark.parametrize("family", ["laplace", "gaussian"])
+def test_quantile_map_hits_the_rate_on_weights_drawn_from_the_prior(family):
+    prior = Prior(family)
+    n, scale = 400_000, 0.37
+    w = prior_samples(family, n, scale)
+    assert prior.fit_scale(w) == pytest.approx(scale, rel=0.01)
+    for rate in RATES:
+        removed = float((w.abs() <= scale * prior.quantile(rate)).double().mean())
+        tolerance = 5 * math.sqrt(rate * (1 - rate) / n)  # five binomial standard deviations
+        assert removed == pytest.approx(rate, abs=tolerance), rate
+        assert prior.kept(prior.quantile(rate)) == pytest.approx(1 - rate, rel=1e-9)
+
+
+@pytest.mark.parametrize("family", ["laplace", "gaussian"])
+def test_band_stop_of_a_model_with_prior_weights_removes_the_rate(family):
+    """Through the method: weights from the prior, the prior's band-stop a(r) removes about r of
+    them, per tensor (--scope layer) and under the prior's LAMP split of a global rate."""
+    for scope, allocation in (("layer", "lamp"), ("global", "lamp"), ("global", "pooled")):
+        model, pruner = attached(
+            "mrmp", (0.5, 0.9), scope=scope, prior=family, allocation=allocation
+        )
+        fill_from_prior(model, pruner, family)
+        scales = {n: 0.1 * (i + 1) for i, n in enumerate(pruner.scales)}
+        pruner.load_state_dict({**pruner.state_dict(), "scales": scales})
+        n = sum(pruner.sizes().values())
+        for rate in (0.5, 0.9, 0.95):
+            tolerance = 5 * math.sqrt(rate * (1 - rate) / n) + 2 * len(pruner.targets) / n
+            assert pruner.prior_fraction_removed(rate) == pytest.approx(rate, abs=tolerance)
+
+
+def test_quantile_fit_puts_each_tensors_band_at_its_budget():
+    """--fit quantile (default): at the trained rate, the prior's band-stop of the dense weights
+    removes what the allocation removes, tensor by tensor, whatever their shape."""
+    model, pruner = attached("srmp", (0.9,))
+    counts = pruner.allocation(0.9)
+    x = pruner.prior_thresholds(0.9)
+    for name, z in pruner.standardized().items():
+        kept = int((z > x[name]).sum())
+        assert abs(kept - counts[name]) <= 1, name
+
+
+def test_lamp_allocation_gives_small_tensors_a_larger_share():
+    prior = Prior("laplace")
+    sizes = {"small": 500, "large": 50_000}
+    x = prior.lamp_thresholds(sizes, 0.99)
+    kept = {k: n * prior.kept(x[k]) for k, n in sizes.items()}
+    assert sum(kept.values()) == pytest.approx(0.01 * 50_500, rel=1e-6)
+    assert kept["small"] / 500 > 10 * kept["large"] / 50_000
+
+
+@pytest.mark.parametrize("family", ["laplace", "gaussian"])
+def test_histogram_kl_is_near_zero_on_the_prior_and_positive_elsewhere(family):
+    prior = Prior(family)
+    kl = HistogramKL(prior, (0.5, 0.9, 0.99))
+    z = prior_samples(family, 200_000, 1.0).abs().float()
+    assert float(kl(z)) < 2e-3
+    assert float(kl(torch.rand(200_000) * 2)) > 0.1  # uniform on [0, 2]: no tail at all
+    # the windowed evaluation equals the sigmoid of every weight at every edge
+    z = z[:5000].requires_grad_()
+    edges = kl.edges.reshape(-1, 1)
+    full = torch.sigmoid((z.reshape(1, -1) - edges) / kl.bandwidth).mean(1)
+    fast = kl.beyond(z)
+    assert torch.allclose(full, fast, atol=1e-4)
+    (g_full,) = torch.autograd.grad(full.sum(), z)
+    (g_fast,) = torch.autograd.grad(fast.sum(), z)
+    assert torch.allclose(g_full, g_fast, atol=0.01 * float(g_full.abs().max()))
+
+
+# ---------------------------------------------------------------------------- extraction
+@pytest.mark.parametrize("build", tiny_builders())
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("allocation", ["lamp", "pooled"])
+def test_masks_meet_the_rate_exactly_and_deterministically(build, scope, allocation):
+    """Global scope: exactly the global budget, no tensor emptied while the budget has a weight
+    for each. Layer scope: every tensor at exactly its own budget (so the total is within one
+    weight per tensor of r·n)."""
+    model, pruner = attached("mrmp", (0.5, 0.9), build(), scope=scope, allocation=allocation)
+    sizes = pruner.sizes()
+    for rate in RATES:
+        masks = pruner.masks_at(rate)
+        again = pruner.masks_at(rate)
+        assert all(torch.equal(masks[k], again[k]) for k in masks)
+        kept = {k: int(m.sum()) for k, m in masks.items()}
+        if scope == "global":
+            assert sum(kept.values()) == global_budget(sizes, rate), rate
+            if global_budget(sizes, rate) >= len(sizes):  # then no tensor is emptied
+                assert min(kept.values()) >= 1
+        else:
+            assert kept == budget_per_tensor(sizes, rate), rate
+            assert abs(sum(kept.values()) - (1 - rate) * sum(sizes.values())) <= len(sizes)
+
+
+@pytest.mark.parametrize("allocation", ["lamp", "pooled"])
+def test_trained_band_is_the_delivered_mask(allocation):
+    """--threshold empirical (default): the hard band-stop of a training step at a trained rate
+    keeps exactly the weights the deliverable keeps."""
+    model, pruner = attached("mrmp", (0.5, 0.9), allocation=allocation, distill="none")
+    for step, rate in enumerate((0.5, 0.9)):
+        pruner.on_step(step / 10)
+        assert pruner.current_rate == rate
+        delivered = pruner.masks_at(rate)
+        for name, param in pruner.latent().items():
+            band = pruner.controller.scales[name] * pruner.controller.q[name]
+            assert torch.equal(param.detach().abs() > band, delivered[name]), name
+
+
+def test_allocation_is_exact_and_keeps_every_tensor():
+    sizes = {"a": 10, "b": 1000, "c": 7}
+    for total in (3, 10, 500, 1017):
+        counts = largest_remainder({"a": 0.5, "b": 20.0, "c": 1e-9}, total, sizes)
+        assert sum(counts.values()) == total
+        assert all(1 <= counts[k] <= sizes[k] for k in sizes)
+
+
+def test_srmp_serves_its_rate_and_mrmp_any_rate():
+    _, srmp = attached("srmp", (0.9,))
+    with pytest.raises(GcnshrinkError, match="trained for rate 0.9"):
+        srmp.masks_at(0.8)
+    with pytest.raises(GcnshrinkError, match="trains for one rate"):
+        create_method("srmp", PruneSpec((0.5, 0.9)))
+    _, mrmp = attached("mrmp", (0.5, 0.9))
+    assert mrmp.serves(0.123) and mrmp.masks_at(0.123)
+
+
+@pytest.mark.parametrize("sampling", ["cycle", "weighted", "random", "interval"])
+def test_rate_sampling_is_deterministic_and_in_range(sampling):
+    rates = (0.5, 0.9, 0.99)
+    seen = []
+    for _ in range(2):
+        _, pruner = attached("mrmp", rates, sampling=sampling, distill="none")
+        drawn = []
+        for step in range(30):
+            pruner.on_step(step / 29)
+            drawn.append(pruner.current_rate)
+        seen.append(drawn)
+    assert seen[0] == seen[1]
+    assert all(0.5 <= r <= 0.99 for r in seen[0])
+    if sampling == "cycle":
+        assert seen[0][:6] == [0.5, 0.9, 0.99, 0.5, 0.9, 0.99]
+    elif sampling == "weighted":  # frequencies ∝ −ln(1 − r): 0.69, 2.30, 4.61
+        assert seen[0].count(0.99) > seen[0].count(0.9) > seen[0].count(0.5) > 0
+    elif sampling == "random":
+        assert set(seen[0]) == set(rates)
+    else:
+        assert len(set(seen[0])) == 30
+
+
+def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
+    """distill=sandwich (mrmp's default): each step trains the lower trained rates in turn with
+    labels and distils its logits into the highest rate and one rate between."""
+    model, pruner = attached("mrmp", (0.5, 0.9, 0.99), tiny_gcn(num_classes=tiny_data.num_classes))
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+    for step in range(4):
+        pruner.on_step(step / 3)
+        assert pruner.current_rate == (0.5, 0.9)[step % 2]
+        students = pruner.student_rates()
+        assert students[0] == 0.99 and 0.5 <= students[1] <= 0.99
+        logits = model(x)
+        kl_only = float(pruner.kl().detach())
+        total = pruner.loss()
+        assert float(total.detach()) > kl_only  # the distillation terms
+        assert pruner.controller.q == pruner.band(pruner.current_rate)  # restored
+        (torch.nn.functional.cross_entropy(logits, y) + total).backward()
+    model.eval()
+    with torch.no_grad():  # evaluation forward passes are not captured
+        model(x)
+    assert pruner._captured is None
+
+
+def test_options_are_checked():
+    with pytest.raises(GcnshrinkError, match="--kl-weight must be >= 0"):
+        create_method("srmp", PruneSpec((0.9,)), {"kl_weight": -1.0})
+    with pytest.raises(GcnshrinkError, match="--prior must be one of"):
+        create_method("srmp", PruneSpec((0.9,)), {"prior": "cauchy"})
+    with pytest.raises(GcnshrinkError, match="--sampling applies to mrmp only"):
+        create_method("srmp", PruneSpec((0.9,)), {"sampling": "cycle"})
+
+
+def test_state_refuses_another_prior_and_an_empty_state():
+    _, laplace = attached("mrmp", (0.5, 0.9))
+    _, gaussian = attached("mrmp", (0.5, 0.9), prior="gaussian")
+    with pytest.raises(GcnshrinkError, match="prior is laplace, not gaussian"):
+        gaussian.load_state_dict(laplace.state_dict())
+    with pytest.raises(GcnshrinkError, match="holds no prior"):
+        gaussian.load_state_dict({})
+
+
+# ---------------------------------------------------------------------------- training
+@pytest.mark.parametrize("kl", ["histogram", "moments"])
+def test_kl_term_decreases_during_training(tiny_data, kl):
+    model = tiny_gcn(num_classes=tiny_data.num_classes)
+    # a tensor far from the prior: the moment estimator only sees the scale, so halve it
+    pruner = create_method("srmp", PruneSpec((0.9,)), {"kl": kl, "kl_weight": 10.0})
+    pruner.attach(model.train(), model.unit_graph())
+    with torch.no_grad():
+        for w in pruner.latent().values():
+            w.mul_(0.5)
+        before = float(pruner.kl())
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.01, seed=0, progress=False)
+    fit(model, tiny_data, config, pruner)
+    with torch.no_grad():
+        after = float(pruner.kl())
+    assert after < 0.7 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def multi_rate(trained_gcn, tiny_data):
+    """A multi-rate mrmp checkpoint trained for 0.5 and 0.9 on the tiny data."""
+    return api.prune(
+        trained_gcn[0], tiny_data, method="mrmp", rates=[0.5, 0.9], epochs=2, batch_size=32,
+        progress=False,
+    )  # fmt: skip
+
+
+def test_extracted_model_at_a_trained_rate_is_the_one_evaluated_in_training(multi_rate, tiny_data):
+    ckpt = multi_rate.checkpoint
+    record = ckpt.pruning
+    assert record["multi_rate"] and record["rates"] == [0.5, 0.9]
+    assert set(ckpt.method_state) >= {"prior", "scales"}
+    for rate in (0.5, 0.9):
+        extracted = api.extract(ckpt, rate)
+        val = evaluate(extracted.model, tiny_data.x_val, tiny_data.y_val, tiny_data.num_classes)
+        assert val["accuracy"] == record["val_accuracy_by_rate"][f"{rate:g}"]
+        assert extracted.summary["realized_rate"] == pytest.approx(rate, abs=1e-4)
+
+
+def test_extracted_masks_and_logits_are_those_selected_in_training(trained_gcn, tiny_data):
+    """fit() keeps, per trained rate, the masks it evaluated on validation; a multi-rate checkpoint
+    of the latent weights extracts exactly those masks and the same logits."""
+    dense = load_checkpoint(trained_gcn[0])
+    model = dense.build_model().train()
+    pruner = create_method("mrmp", PruneSpec((0.5, 0.9)), seed=0)
+    pruner.attach(model, model.unit_graph())
+    config = TrainConfig(epochs=2, batch_size=32, seed=0, progress=False)
+    result = fit(model, tiny_data, config, pruner)
+    logits = {}
+    for rate in (0.5, 0.9):
+        with delivering(result.model, result.masks[rate]), torch.no_grad():
+            logits[rate] = result.model.eval()(tiny_data.x_val)
+    remove_masks(result.model)
+    record = {
+        "method": "mrmp", "multi_rate": True, "rates": [0.5, 0.9], "scope": "global",
+        "exclude": [], "options": pruner.describe(),
+    }  # fmt: skip
+    multi = Checkpoint.from_model(
+        result.model, dense.class_names, {}, pruning=record, method_state=pruner.state_dict()
+    )
+    for rate in (0.5, 0.9):
+        extracted = api.extract(multi, rate)
+        for name, mask in result.masks[rate].items():
+            assert torch.equal(extracted.checkpoint.masks[name], mask), name
+        with torch.no_grad():
+            assert torch.equal(extracted.model(tiny_data.x_val), logits[rate])
+
+
+def test_multi_rate_checkpoint_round_trips_and_extraction_is_deterministic(multi_rate, tmp_path):
+    path = save_checkpoint(multi_rate.checkpoint, tmp_path / "multi.pt")
+    loaded = load_checkpoint(path)
+    assert loaded.pruning == multi_rate.checkpoint.pruning
+    assert loaded.method_state == multi_rate.checkpoint.method_state
+    for rate in (0.5, 0.73, 0.9, 0.97):
+        a = api.extract(multi_rate.checkpoint, rate).checkpoint
+        b = api.extract(path, rate).checkpoint
+        assert a.state_dict.keys() == b.state_dict.keys()
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+        assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_srmp_prunes_to_the_exact_rate(trained_gcn, tiny_data):
+    outcome = api.prune(
+        trained_gcn[0], tiny_data, method="srmp", rate=0.9, epochs=1, batch_size=32,
+        progress=False,
+    )  # fmt: skip
+    assert outcome.summary["realized_rate"] == pytest.approx(0.9, abs=1e-4)
+    assert outcome.summary["options"]["method"] == "srmp"
+    model = outcome.model
+    with delivering(model, {}):
+        assert not any("parametrizations" in k for k in model.state_dict())
+
+
+# ---------------------------------------------------------------------------- the CLI
+@pytest.fixture(scope="module")
+def multi_rate_file(multi_rate, tmp_path_factory):
+    return save_checkpoint(multi_rate.checkpoint, tmp_path_factory.mktemp("mrmp") / "multi.pt")
+
+
+def test_inspect_and_eval_know_a_multi_rate_checkpoint(cli, multi_rate_file, tiny_spec):
+    shown = cli("inspect", multi_rate_file)
+    assert shown.exit_code == 0, shown.output
+    assert "multi-rate checkpoint" in shown.stdout and "0.5, 0.9" in shown.stdout
+    facts = json.loads(cli("inspect", multi_rate_file, "--json").stdout)
+    assert facts["multi_rate"] and facts["trained_rates"] == [0.5, 0.9]
+    assert facts["method"] == "mrmp"
+    result = cli("eval", multi_rate_file, "--data", tiny_spec, "--rates", "0.5,0.8", "--json")
+    assert result.exit_code == 0, result.output
+    by_rate = json.loads(result.stdout)["by_rate"]
+    assert [r["rate"] for r in by_rate] == [0.5, 0.8]
+    assert by_rate[1]["realized_rate"] == pytest.approx(0.8, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("eval", "--data", TINY),
+        ("compact", "--data", TINY, "-o", "OUT/small.pt"),
+        ("export", "--data", TINY, "-o", "OUT/x"),
+        ("gate", "--max-bytes", "10MB"),
+    ],
+    ids=["eval", "compact", "export", "gate"],
+)
+def test_single_model_commands_refuse_a_multi_rate_checkpoint(
+    cli, multi_rate_file, tmp_path, command
+):
+    args = [a.replace("OUT", str(tmp_path)) for a in command]
+    result = cli(args[0], multi_rate_file, *args[1:])
+    assert result.exit_code == 2, result.output
+    assert "multi-rate checkpoint" in result.stderr
+    assert f"gcnshrink extract {multi_rate_file} --rate R" in result.stderr.replace("\n", " ")
+    assert not any(tmp_path.iterdir())
