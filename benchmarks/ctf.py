@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import tempfile
 import time
@@ -270,7 +271,7 @@ def render(result: dict) -> str:
         f"--gcn-epochs {a['gcn_epochs']} --stgcn-epochs {a['stgcn_epochs']} "
         f"--finetune {a['finetune']} --stgcn-finetune {a['stgcn_finetune'] or a['finetune']} "
         f"--lr {a['lr']:g} --rates {a['rates']} "
-        f"--methods {a['methods']} --seeds {a['seeds']} --rounds {a['rounds']} "
+        f"--methods {shlex.quote(a['methods'])} --seeds {a['seeds']} --rounds {a['rounds']} "
         f"--threads {a['threads']} --ort-threads {a['ort_threads']}"
     )
     lines = [
@@ -546,7 +547,14 @@ def main() -> None:
     )
     parser.add_argument("--work", default=None, help="folder for checkpoints and ONNX files")
     parser.add_argument("--out", default=str(RESULTS / "ctf"))
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite --out.md from --out.json"
+    )
     args = parser.parse_args()
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(render(json.loads(out.with_suffix(".json").read_text())))
+        return
     if args.quick:
         args.stgcn_width, args.gcn_epochs, args.stgcn_epochs = 8, 5, 2
         args.finetune, args.rates, args.rounds = 2, "0.5,0.9", 5

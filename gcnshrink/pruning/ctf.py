@@ -26,8 +26,9 @@ the method is attached) with one threshold per tensor. Coarse factors compare th
 mean) with one threshold per group: a kept group is cut when its mean falls below ``margin`` of its
 start value, a cut one comes back above its start value over ``margin``. Relative to the current
 mean because pruned weights drift to 0 during the fine-tune and would drag every group's mean
-under a fixed threshold (measured: three quarters of gcn's rows were cut within 6 epochs at rate
-0.9 that way); per group because the allocation below does not rank groups by magnitude.
+under a fixed threshold (seen while developing, with a fixed scale: most of gcn's rows were cut
+within a few epochs, whatever the allocation); per group because the allocation below does not
+rank groups by magnitude.
 
 **Relaxation and schedule.** ``--relaxation ste`` (default): the forward pass uses the hard
 product (0/1), the backward pass the gradient of the product of the relaxed factors
@@ -45,9 +46,11 @@ keeps the fewest weights of per FLOP they cost (``--order flops``: a weight's co
 module's FLOPs on one sample over its size, so a channel of an early ST-GCN block, applied at
 every frame, costs more than one of the classifier; ``density``: per weight), a channel the
 reference already empties first of all, until they remove ``channel_share`` of the weights to
-remove, counting the entries their cut leaves dead; every coupled group keeps its best unit. Then
-rows and columns of single tensors by the same rule, up to ``channel_share + line_share``; every
-tensor keeps its best row and column. Then the exact consistent projection of LAMP scores inside
+remove, counting the entries their cut leaves dead. No coupled group loses a larger share of its
+units than the rate (at rate 0.5 every layer keeps at least half its channels): ranked by FLOPs
+alone, the attention dimensions of gcn, cheap in weights and dear in FLOPs, all went first and
+the rate-0.5 model started at chance. Then rows and columns of single tensors by the same rules,
+up to ``channel_share + line_share``. Then the exact consistent projection of LAMP scores inside
 what is left, down to the budget. The thresholds are set so that the hard factors reproduce this
 allocation, so training starts from it.
 
@@ -67,6 +70,7 @@ channels, rows, columns and single entries (``gcnshrink inspect`` reports it for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -252,12 +256,13 @@ class Allocation:
     make the hard factors reproduce it.
 
     The *fine reference* is the exact consistent projection of LAMP scores at the budget (what
-    ``tcp-posthoc`` starts from). Whole channels go first, those the fine reference keeps the
-    smallest share of (a channel the reference empties costs nothing), until they remove
-    ``channel_share`` of the weights to remove, counting the entries their cut leaves dead; every
-    coupled group keeps its best unit. Then rows and columns of single tensors, by the same rule,
-    up to ``channel_share + line_share``; every tensor keeps its best row and column. Then the
-    exact consistent projection of LAMP scores inside what is left gives exactly the budget.
+    ``tcp-posthoc`` starts from). Whole channels go first, those of which the fine reference
+    keeps the fewest weights per FLOP (``cost``: FLOPs per weight of each tensor; without it, per
+    weight), a channel the reference empties first of all, until they remove ``channel_share``
+    of the weights to remove, counting the entries their cut leaves dead; no coupled group loses
+    a larger share of its units than the rate. Then rows and columns of single tensors by the
+    same rules, up to ``channel_share + line_share``. Then the exact consistent projection of
+    LAMP scores inside what is left gives exactly the budget.
     """
 
     def __init__(
@@ -320,12 +325,14 @@ class Allocation:
         density = (kept_in.double() / flops.clamp(min=1e-9))[:n_ch]
         has_entries = layout.channel_count[:n_ch] > 0
         ch_scores = channels[:n_ch]
+        # no group loses a larger share of its units than the rate (at least one unit stays)
+        keep_share = budget / max(total, 1)
         protected = torch.zeros(n_ch, dtype=torch.bool)
         for gi in range(layout.n_groups):
             members = torch.nonzero((layout.group_of_channel == gi) & has_entries).flatten()
             if len(members):
-                best = _order(-density, -ch_scores, members)[0]
-                protected[best] = True
+                floor = max(1, math.ceil(keep_share * len(members)))
+                protected[_order(-density, -ch_scores, members)[:floor]] = True
         order = _order(density, ch_scores, torch.nonzero(has_entries & ~protected).flatten())
         rank = torch.full((n_ch + 1,), len(order), dtype=torch.long)
         rank[order] = torch.arange(len(order))
@@ -358,9 +365,10 @@ class Allocation:
                 live = slots[alive]
                 if len(live) == 0:
                     continue
-                best = int(_order(-line_density, -agg, live)[0])  # every tensor keeps one
+                floor = max(1, math.ceil(keep_share * len(live)))  # as for channels
+                best = set(_order(-line_density, -agg, live)[:floor].tolist())
                 for slot in live.tolist():
-                    if slot != best:
+                    if slot not in best:
                         items.append((n, is_row, slot))
                         item_density.append(float(line_density[slot]))
                         item_score.append(float(agg[slot]))
@@ -453,10 +461,10 @@ class CoarseToFine:
     def relative_magnitudes(self) -> dict[str, torch.Tensor]:
         """|ŵ| over the tensor's *current* mean |ŵ| (a constant of the step): what the coarse
         factors aggregate. Pruned weights drift towards 0 during the fine-tune and would drag
-        every row, column and channel mean below its fixed threshold with them (measured: with
-        the attach-time scale, three quarters of the rows of gcn were cut within 6 epochs at
-        rate 0.9, whatever the allocation); relative to the current mean, a group goes only when
-        it weakens against the rest of its tensor."""
+        every row, column and channel mean below its fixed threshold with them (with the
+        attach-time scale, most of gcn's rows were cut within a few epochs whatever the
+        allocation); relative to the current mean, a group goes only when it weakens against the
+        rest of its tensor."""
         out = {}
         for n in self.layout.names:
             w = self.latent[n].reshape(-1)
@@ -525,9 +533,9 @@ class CoarseToFine:
 
         ``ste``: the value of the hard product with the gradient of the relaxed one (the
         straight-through estimator on the whole product, so that an entry with two factors at 0
-        still gets a gradient); ``soft``: the relaxed product itself. The budget term reads
-        ``self.kept``: the number of consistent entries of the hard masks, with the gradient of
-        the relaxed masks before the consistency gate (a gated entry would get none)."""
+        still gets a gradient); ``soft``: the relaxed product itself. Either is gated by
+        consistency (:meth:`consistency_gates`). The budget term reads ``self.kept``, the sum of
+        these masks: with ``ste``, the number of consistent entries of the hard masks."""
         if self.frozen is not None:
             self.current = {
                 n: m.to(self.device(), self.latent[n].dtype) for n, m in self.frozen.items()
