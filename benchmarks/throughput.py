@@ -3,14 +3,16 @@ pruning method, in one process and in two (torchrun, gloo), and on a GPU when th
 
     python benchmarks/throughput.py                 # the committed configuration
     python benchmarks/throughput.py --quick         # a smoke run (small width, few steps)
+    python benchmarks/throughput.py --render        # rewrite the .md from the .json
 
 Input: V=25 joints (ntu25), M=2 persons, T=64 frames, 60 classes, random values (throughput does
 not depend on them). Each configuration trains ``--warmup`` steps, then the median time of
 ``--steps`` steps of the training loop (forward, loss, backward, Adam, the method's on_step and
 loss term) gives samples/s over the *global* batch. Two processes split each global batch between
 them (the --batch-size is the global batch): on a 2-core machine each process has one core, so
-this shows the cost of distribution more than a gain. Writes benchmarks/results/throughput.json
-and .md. Nothing is asserted.
+this shows the cost of distribution more than a gain. The machine's load average (``uptime``)
+before and after the run is recorded with the figures: on a shared machine they are contended.
+Writes benchmarks/results/throughput.json and .md. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -119,7 +121,14 @@ def main() -> None:
     parser.add_argument("--base-width", type=int, default=64)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(RESULTS / "throughput"))
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite OUT.md from OUT.json, running nothing"
+    )
     args = parser.parse_args()
+    if args.render:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(render(json.loads(out.with_suffix(".json").read_text())))
+        return
     if args.worker:
         result = worker(args)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -131,6 +140,7 @@ def main() -> None:
     runs = [("cpu", "fp32", 1), ("cpu", "fp32", 2)]
     if torch.cuda.is_available():
         runs += [("cuda", precision, 1) for precision in ("fp32", "bf16", "fp16")]
+    load_before = os.getloadavg()
     rows = []
     for device, precision, processes in runs:
         for method in methods:
@@ -142,28 +152,66 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    load = {"before": list(load_before), "after": list(os.getloadavg())}
     setup = {k: getattr(args, k) for k in ("batch_size", "steps", "warmup", "frames", "base_width")}
-    out.with_suffix(".json").write_text(json.dumps({"args": setup, "rows": rows}, indent=1) + "\n")
-    command = "python benchmarks/throughput.py" + (" --quick" if args.quick else "")
+    command = " ".join(["python benchmarks/throughput.py", *sys.argv[1:]])
+    document = {
+        "command": command, "machine": machine(), "args": setup, "load_average": load,
+        "rows": rows,
+    }  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+    out.with_suffix(".md").write_text(render(document))
+    print(render(document))
+
+
+def machine() -> str:
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU cores{gpu}"
+
+
+def render(document: dict) -> str:
+    """The Markdown table of a results document (``--render`` rewrites it from the .json)."""
+    setup, load = document["args"], document["load_average"]
+    shown_load = ", ".join(
+        f"{when} {' / '.join(f'{v:.1f}' for v in values)}" for when, values in load.items()
+    )
+    # files written before the machine was recorded were all made on this machine
     lines = [
-        f"Command: `{command}` ({os.cpu_count()} CPU cores"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-        + ")",
+        f"Command: `{document['command']}` ({document.get('machine') or machine()})",
         "",
-        f"stgcn base width {args.base_width}, input (N, 3, {args.frames}, 25, 2), global batch "
-        f"{args.batch_size}; median of {args.steps} steps after {args.warmup} warm-up steps.",
+        f"Load average (1 / 5 / 15 min) {shown_load}: the machine is shared, so these figures are "
+        "contended and only comparable within this table.",
         "",
-        "| method | device | precision | processes | samples/s |",
-        "|---|---|---|---|---|",
+        f"stgcn base width {setup['base_width']}, input (N, 3, {setup['frames']}, 25, 2), global "
+        f"batch {setup['batch_size']}; median of {setup['steps']} steps after {setup['warmup']} "
+        'warm-up steps. "vs dense": samples/s relative to dense training with the same device, '
+        "precision and process count.",
+        "",
+        "| method | device | precision | processes | samples/s | s/step | vs dense |",
+        "|---|---|---|---|---|---|---|",
     ]
+    rows = document["rows"]
     for row in rows:
-        shown = f"{row['samples_per_s']:.1f}" if "samples_per_s" in row else row["error"]
+        if "samples_per_s" not in row:
+            lines.append(
+                f"| {row['method']} | {row['device']} | {row['precision']} | {row['processes']} "
+                f"| {row['error']} | | |"
+            )
+            continue
+        same = ("device", "precision", "processes")
+        dense = next(
+            (r for r in rows if r["method"] == "dense" and all(r[k] == row[k] for k in same)), {}
+        )
+        relative = (
+            f"{row['samples_per_s'] / dense['samples_per_s']:.2f}×"
+            if "samples_per_s" in dense
+            else ""
+        )
         lines.append(
             f"| {row['method']} | {row['device']} | {row['precision']} | {row['processes']} "
-            f"| {shown} |"
+            f"| {row['samples_per_s']:.3g} | {row['step_seconds']:.1f} | {relative} |"
         )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

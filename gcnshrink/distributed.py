@@ -13,19 +13,27 @@ What the training loop relies on (``gcnshrink.train``):
   schedules) from identical weights: DDP keeps the weights identical by averaging gradients;
 - each rank takes an interleaved share of each global batch; its task loss is scaled by its share
   of the batch so that DDP's average over ranks is the mean over the global batch;
-- metrics are summed over ranks; validation runs on every rank on the whole split, so every rank
-  selects the same epoch without exchanging anything;
-- only rank 0 writes files and prints (``is_main``).
+- metrics are summed over ranks; after every epoch the buffers (batch-norm statistics, which each
+  rank updates from its own share) are made rank 0's, validation runs on every rank on the whole
+  split, and the selection uses rank 0's accuracies, so every rank keeps the same epoch;
+- a resumable state holds every rank's random streams (dropout), so ``--resume`` with the same
+  number of processes continues exactly (with another number, as a run of that many processes);
+- only rank 0 writes files and prints (``is_main``);
+- a failure on one rank ends the run: that rank prints its message and exits; the others, waiting
+  in a collective, get an error from the backend (turned into :class:`PeerFailure`, one line) or
+  are stopped by torchrun (SIGTERM, which unwinds like Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from gcnshrink.errors import GcnshrinkError
+from gcnshrink.errors import GcnshrinkError, PeerFailure
 
 
 def world_size() -> int:
@@ -83,3 +91,61 @@ def all_sum(value: float) -> float:
 def barrier() -> None:
     if is_distributed() and dist.is_initialized():
         dist.barrier()
+
+
+def _active() -> bool:
+    return is_distributed() and dist.is_initialized()
+
+
+def from_main(value):
+    """Rank 0's ``value`` (any picklable object) on every rank; itself without torchrun. A decision
+    taken from it (a validation accuracy, a sweep's plan) is then the same on all ranks."""
+    if not _active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm statistics, masks) on every rank."""
+    if not _active():
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def all_gather(obj) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` without torchrun)."""
+    if not _active():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+# what the backends say when the process at the other end of a collective is gone
+_LOST_PEER = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker",
+    "NCCL communicator was aborted",
+)
+
+
+@contextlib.contextmanager
+def peer_failures():
+    """Inside a distributed run, the error a collective raises because another rank has stopped
+    becomes :class:`PeerFailure` (one line; that rank printed its own message). Anything else
+    passes through unchanged."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as exc:
+        lost = isinstance(exc, dist.DistError) or any(s in str(exc) for s in _LOST_PEER)
+        if not (is_distributed() and lost):
+            raise
+        raise PeerFailure(
+            "another process of this torchrun run stopped (its message is above), so this one "
+            "stops too"
+        ) from None

@@ -11,6 +11,10 @@ Every cell is measured on its *compacted* model by :func:`gcnshrink.measure.meas
 (the numbers ``inspect`` and ``gate`` report, under the same names): params, nonzeros and FLOPs
 after structural removal, sparse-safetensors bytes, ONNX bytes and onnxruntime latency (one sample,
 median), test accuracy. Selection inside each fine-tune uses the validation split only.
+
+Under ``torchrun`` every process runs the same plan (the missing cells, decided from the files
+present when the sweep starts, before anything is written) and takes its share of every fine-tune;
+rank 0 alone measures, writes and shows progress.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from gcnshrink import distributed
 from gcnshrink.arguments import MAX_SEED, check_int, check_unique
 from gcnshrink.checkpoint import (
     file_sha256,
@@ -45,6 +50,7 @@ from gcnshrink.pruning import method_class
 from gcnshrink.pruning.budget import check_rate
 from gcnshrink.report import write_reports
 from gcnshrink.results import RESULTS_FILE, load_results, results_document, write_results
+from gcnshrink.train import pick_device
 
 
 def cell_name(method: str, rate: float, seed: int) -> str:
@@ -62,8 +68,10 @@ def run_sweep(
     seeds: list[int] = (0,),
     progress: bool = True,
     method_options: dict[str, dict] | None = None,
+    load_options: dict | None = None,
 ) -> dict[str, Path]:
-    """Run the grid, write results.json and the reports; returns the written paths."""
+    """Run the grid, write results.json and the reports; returns the written paths.
+    ``load_options``: how to read a foreign checkpoint (``load_checkpoint``'s keywords)."""
     for m in methods:
         method_class(m)  # an unknown name is refused before any work
     for r in rates:
@@ -82,14 +90,26 @@ def run_sweep(
     check_folder_writable(out_dir)
     cells_dir = out_dir / "cells"
     # everything that can be refused is refused before the output folder is created
-    ckpt = load_checkpoint(model_path)
+    ckpt = load_checkpoint(model_path, **(load_options or {}))
     data = load_data(data_spec, seed=0)
     ckpt.check_compatible(data)
     data.check_trainable()  # fine-tuning selects on validation; its samples calibrate compaction
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # under torchrun, rank 0 measures and writes
+    grid = [(m, r, s) for m in methods for r in rates for s in seeds]
+    # the plan: the cells still to do and the multi-rate fine-tunes already done, as rank 0 finds
+    # them before anything is written (every rank follows it: the fine-tunes are collective)
+    done = {cell for cell in grid if (cells_dir / f"{cell_name(*cell)}.json").exists()}
+    trained = {
+        (m, s) for m in methods for s in seeds if (cells_dir / f"{m}-multi-s{s}.pt").exists()
+    }
+    if distributed.is_distributed():
+        with distributed.peer_failures():
+            distributed.setup(pick_device(None))
+            done, trained = distributed.from_main((done, trained))
+    if main:
+        cells_dir.mkdir(parents=True, exist_ok=True)
     calibration = data.x_val[:64]
     source_hash = file_sha256(model_path)
-    grid = [(m, r, s) for m in methods for r in rates for s in seeds]
     columns = (
         TextColumn("[bold]sweep[/] {task.fields[cell]}"),
         BarColumn(),
@@ -134,10 +154,10 @@ def run_sweep(
             **(method_options or {}).get(method, {}),
         )
 
-    with Progress(*columns, disable=not progress) as bar:
+    with Progress(*columns, disable=not (progress and main)) as bar:
         task = bar.add_task("sweep", total=len(grid) + 1, cell="dense")
         dense_file = cells_dir / "dense.json"
-        if not dense_file.exists():
+        if main and not dense_file.exists():
             dense = {
                 "method": "dense",
                 "rate": 0.0,
@@ -149,11 +169,7 @@ def run_sweep(
         for method in methods:
             multi_rate = method_class(method).multi_rate and len(rates) > 1
             for seed in seeds:
-                missing = [
-                    r
-                    for r in rates
-                    if not (cells_dir / f"{cell_name(method, r, seed)}.json").exists()
-                ]
+                missing = [r for r in rates if (method, r, seed) not in done]
                 bar.advance(task, len(rates) - len(missing))
                 if not missing:
                     continue
@@ -165,14 +181,21 @@ def run_sweep(
                     # checkpoints keep no timings (same command, same bytes): the fine-tune's
                     # time goes to a note beside the multi-rate checkpoint
                     timing_file = multi_file.with_suffix(".seconds.json")
-                    if multi_file.exists():
+                    if (method, seed) in trained:
+                        if not main:  # nothing to train: rank 0 extracts and measures
+                            continue
                         multi = load_checkpoint(multi_file)
                         seconds = None
                         if timing_file.exists():
                             seconds = json.loads(timing_file.read_text())["finetune_seconds"]
                     else:
-                        trained = prune_cell(method, seed, list(rates))
-                        multi, seconds = trained.checkpoint, trained.summary["finetune_seconds"]
+                        fine_tuned = prune_cell(method, seed, list(rates))
+                        if not main:
+                            continue
+                        multi, seconds = (
+                            fine_tuned.checkpoint,
+                            fine_tuned.summary["finetune_seconds"],
+                        )
                         note = json.dumps({"finetune_seconds": seconds})
                         atomic_write(timing_file, note, force=True)
                         save_checkpoint(multi, multi_file, force=True)
@@ -185,9 +208,13 @@ def run_sweep(
                     bar.update(task, cell=cell_name(method, rate, seed))
                     started = time.perf_counter()
                     outcome = prune_cell(method, seed, [rate])
+                    if not main:
+                        continue
                     seconds = outcome.summary["finetune_seconds"]
                     write_cell(method, rate, seed, outcome, seconds, started)
                     bar.advance(task)
+    if not main:
+        return {}
     records = [
         json.loads((cells_dir / f"{cell_name(m, r, s)}.json").read_text()) for m, r, s in grid
     ]

@@ -202,6 +202,8 @@ class ValidationSelection(Callback):
         if self.method is not None and not self.method.ready():
             return
         accuracy, masks, by_rate = self._score(loop.model)
+        # under torchrun every rank scores the same model; rank 0's numbers decide on all ranks
+        accuracy, by_rate = distributed.from_main((accuracy, by_rate))
         record["val_accuracy"] = accuracy
         if by_rate and len(by_rate) > 1:
             record["val_accuracy_by_rate"] = {f"{r:g}": a for r, a in by_rate.items()}
@@ -260,7 +262,8 @@ class ProgressDisplay(Callback):
 
 
 class PeriodicState(Callback):
-    """Write the loop's whole state to ``path`` every ``every`` epochs (atomically)."""
+    """Write the loop's whole state to ``path`` every ``every`` epochs (atomically). Under torchrun
+    every rank takes part (the state holds each rank's random streams) and rank 0 writes."""
 
     def __init__(self, path: str | Path, every: int = 1):
         if every < 1:
@@ -271,7 +274,8 @@ class PeriodicState(Callback):
         # the record is complete: every other callback has run before this one
         if loop.epoch % self.every == 0 or loop.epoch == loop.config.epochs:
             state = loop.state_dict(finished_record=record)
-            atomic_write(self.path, lambda f: torch.save(state, f), force=True)
+            if distributed.is_main():
+                atomic_write(self.path, lambda f: torch.save(state, f), force=True)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -289,7 +293,8 @@ class TrainingLoop:
         self.model, self.data, self.config, self.method = model, data, config, method
         self.callbacks = list(callbacks)
         seed_everything(config.seed)
-        self.device = distributed.setup(pick_device(config.device))
+        with distributed.peer_failures():
+            self.device = distributed.setup(pick_device(config.device))
         if config.precision == "fp16" and self.device.type != "cuda":
             raise GcnshrinkError("--precision fp16 needs --device cuda; use bf16 or fp32 on CPU")
         model.to(self.device)
@@ -298,7 +303,8 @@ class TrainingLoop:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device] if self.device.type == "cuda" else None
-            self.forward_model = DistributedDataParallel(model, device_ids=device_ids)
+            with distributed.peer_failures():  # broadcasts rank 0's weights
+                self.forward_model = DistributedDataParallel(model, device_ids=device_ids)
         groups = method.param_groups(model) if method is not None else model.parameters()
         self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
@@ -343,8 +349,15 @@ class TrainingLoop:
         return max(1, (n + self.config.batch_size - 1) // self.config.batch_size)
 
     # ---------------------------------------------------------------- state for resuming
+    def rng_state(self) -> dict:
+        """This process's random streams that differ between ranks (dropout)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
+
     def state_dict(self, finished_record: dict | None = None) -> dict:
+        """Everything needed to resume. Under torchrun a collective: every rank must call it."""
         history = self.history + ([finished_record] if finished_record is not None else [])
+        rank_rng = distributed.all_gather(self.rng_state()) if distributed.is_distributed() else []
         return {
             "format": "gcnshrink.train-state/1",
             "epoch": self.epoch,
@@ -355,6 +368,7 @@ class TrainingLoop:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rng": rank_rng,  # every rank's streams, in rank order (torchrun only)
             "method": self.method.state_dict() if self.method is not None else {},
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "config": {"epochs": self.config.epochs, "seed": self.config.seed},
@@ -370,9 +384,16 @@ class TrainingLoop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rank_rng = state.get("rank_rng") or []
+        if len(rank_rng) == distributed.world_size() > 1:  # the same number of processes
+            own = rank_rng[distributed.rank()]
+            torch.set_rng_state(own["torch"])
+            if own["cuda"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["cuda"], self.device)
+        else:  # one process, or another number of them (continues as a run of that many)
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         if self.method is not None:
             self.method.load_state_dict(state["method"])
         for callback in self.callbacks:
@@ -414,6 +435,8 @@ class TrainingLoop:
                 seen += len(idx)
             self.step += 1
         mean_loss = self.reduce_sum(epoch_loss) / max(self.reduce_sum(seen), 1)
+        # each rank updated its batch-norm statistics from its own share: validate rank 0's
+        distributed.broadcast_buffers(self.model)
         return {"epoch": self.epoch + 1, "loss": mean_loss, "val_accuracy": None}
 
     def run(self) -> FitResult:
@@ -421,12 +444,13 @@ class TrainingLoop:
         for callback in self.callbacks:
             callback.on_fit_start(self)
         try:
-            while self.epoch < self.config.epochs:
-                record = self.train_epoch()
-                self.epoch += 1
-                for callback in self.callbacks:
-                    callback.on_epoch_end(self, record)
-                self.history.append(record)
+            with distributed.peer_failures():
+                while self.epoch < self.config.epochs:
+                    record = self.train_epoch()
+                    self.epoch += 1
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self, record)
+                    self.history.append(record)
         finally:
             for callback in self.callbacks:
                 if isinstance(callback, ProgressDisplay) and callback.progress is not None:
@@ -466,7 +490,7 @@ def fit(
         ValidationSelection(data, method),
         ProgressDisplay(description, method, config.progress and distributed.is_main()),
     ]
-    if state_path is not None and distributed.is_main():  # one writer
+    if state_path is not None:  # every rank takes part, rank 0 writes
         callbacks.append(PeriodicState(state_path))
     loop = TrainingLoop(model, data, config, method, callbacks)
     if resume_from is not None:
