@@ -41,18 +41,13 @@ from gcnshrink.models import (
     model_class,
     recognizing_models,
 )
+from gcnshrink.models.user import USER_ARCH, is_callable_spec, user_config
 
 FORMAT = "gcnshrink/1"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
 SHARED_PREFIXES = ("module.", "model.", "backbone.")
 # checkpoints of architectures that are not in the zoo yet: (key prefix, name, future arch name)
-NOT_IN_ZOO = (
-    ("gcn3d1.", "MS-G3D", "msg3d"),
-    # pyskl's own AAGCN and CTRGCN backbones (keys after ``backbone.``); the original 2s-AGCN,
-    # MS-AAGCN and CTR-GCN files are the zoo's agcn, aagcn and ctrgcn
-    ("gcn.0.gcn.conv_a.", "pyskl AAGCN", "pyskl_aagcn"),
-    ("net.0.gcn1.convs.0.conv1.", "pyskl CTRGCN", "pyskl_ctrgcn"),
-)
+NOT_IN_ZOO = (("gcn3d1.", "MS-G3D", "msg3d"),)
 
 
 @dataclass
@@ -459,8 +454,10 @@ def checkpoint_metadata(ckpt: Checkpoint) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- foreign import
-def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
-    """Find the tensor mapping in a foreign checkpoint and strip shared wrapper prefixes."""
+def unwrap_state_dict(obj, path: Path, upstream: bool = True) -> dict[str, torch.Tensor]:
+    """Find the tensor mapping in a foreign checkpoint and strip shared wrapper prefixes
+    (``upstream=False``, a user's own model: only DataParallel's ``module.``, whose key names are
+    the user's module's own)."""
     if isinstance(obj, dict) and not _is_tensor_map(obj):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict) and _is_tensor_map(obj[key]):
@@ -474,6 +471,10 @@ def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not _is_tensor_map(obj):
         raise GcnshrinkError(f"{path}: not a state dict or a gcnshrink checkpoint")
     state = dict(obj)
+    if not upstream:
+        if all(k.startswith("module.") for k in state):
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+        return state
     # strip 'module.' (DataParallel) then 'model.'/'backbone.' prefixes shared by the body keys
     for prefix in SHARED_PREFIXES:
         if all(k.startswith(prefix) for k in state):
@@ -513,13 +514,18 @@ def recognize_architecture(state: dict[str, torch.Tensor]) -> str:
 def import_foreign(
     obj, path: Path, *, arch=None, layout=None, num_classes=None, config=None
 ) -> Checkpoint:
-    state = unwrap_state_dict(obj, path)
+    state = unwrap_state_dict(obj, path, upstream=not is_callable_spec(arch))
     lay = get_layout(layout) if layout else None
-    cls = model_class(arch if arch is not None else recognize_architecture(state))
-    if config is not None:
+    if is_callable_spec(arch):
+        # a user's own module: its state dict as it is, the config from --arch and --arch-config
+        cls = model_class(USER_ARCH)
+        cfg = user_config(arch, config, lay, num_classes)
+    elif config is not None:
+        cls = model_class(arch if arch is not None else recognize_architecture(state))
         state = cls.rename_foreign(state)
         cfg = dict(config)
     else:
+        cls = model_class(arch if arch is not None else recognize_architecture(state))
         cfg, state = cls.import_state(state, lay, num_classes)
     ckpt = Checkpoint(
         cls.arch,

@@ -31,8 +31,10 @@ from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import masks_from_weights
 from gcnshrink.measure import weight_counts
 from gcnshrink.models import SkeletonModel
+from gcnshrink.models.user import UserModel
 from gcnshrink.pruning import PruneSpec, bake, create_method, realized_rate, remove_masks
 from gcnshrink.pruning.budget import check_rate
+from gcnshrink.testing import check_graph_keeps_logits
 from gcnshrink.train import TrainConfig, fit
 from gcnshrink.train import evaluate as test_metrics
 
@@ -58,6 +60,10 @@ class PruneOutcome:
 
 def _attached_method(working, name: str, spec: PruneSpec, options, seed: int):
     method = create_method(name, spec, options, seed=seed)
+    if isinstance(working, UserModel):
+        # a derived (or user-declared) graph is checked, not trusted: random dead units must
+        # compact away with the same logits before any pruning relies on the graph
+        check_graph_keeps_logits(working)
     method.attach(working, working.unit_graph())  # validates the budget before any work
     return method
 

@@ -20,6 +20,7 @@ onnx.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -202,6 +203,22 @@ def zero_random_units(model: SkeletonModel, fraction: float = 0.3, seed: int = 0
             view[binding.source_axis] = -1
             from_useless = useless[binding.source][binding.axes[binding.source_axis].units]
             weight[(into_dead | from_useless.view(view)).expand_as(weight)] = 0.0
+
+
+def check_graph_keeps_logits(model: SkeletonModel, frames: int = FRAMES) -> None:
+    """A copy of ``model`` whose random units were zeroed (:func:`zero_random_units`) compacts
+    with the same logits: the unit graph describes the model. Raises CompactionError (one line)
+    otherwise. What the prune pipeline runs on a user's model before any pruning."""
+    from gcnshrink.compact import compact_model
+
+    probe = copy.deepcopy(model).eval()
+    zero_random_units(probe, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    calibration = torch.randn(model.input_shape(4, frames), generator=gen)
+    reference = next(iter(probe.parameters()), None)
+    if reference is not None:
+        calibration = calibration.to(reference.device, reference.dtype)
+    compact_model(probe, calibration, tolerance=1e-4)
 
 
 def check_compaction(arch: str, folder: Path) -> str | None:

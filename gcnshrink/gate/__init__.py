@@ -91,11 +91,13 @@ def run_gate(
     *,
     data: str | os.PathLike | None = None,
     config_dir: str | os.PathLike = ".",
+    load_options: dict | None = None,
 ) -> GateRun:
     """Resolve the models to check (``model`` and ``overrides`` over the config in
     ``config_dir``), measure each as ``gcnshrink.measure.measure_model`` does, and evaluate it
-    against its budgets. Measures only what a budget needs: accuracy with an accuracy budget and
-    data, FLOPs with a FLOP budget, latency with a latency budget.
+    against its budgets (``load_options``: how to read a foreign checkpoint, as
+    ``load_checkpoint`` takes them). Measures only what a budget needs: accuracy with an
+    accuracy budget and data, FLOPs with a FLOP budget, latency with a latency budget.
     """
     # Lazy: measuring needs torch and onnxruntime; reading budgets and configs must stay cheap.
     from gcnshrink.data import load_data
@@ -116,6 +118,7 @@ def run_gate(
         options = {
             "latency": budgets.max_latency_ms is not None,
             "flops": budgets.max_flops is not None,
+            "load_options": load_options,
         }
         metrics = measure_model(target.model, dataset, **options)
         baseline = None

@@ -247,6 +247,10 @@ class UnitGraph:
     probes: dict[str, ActivationProbe] = field(default_factory=dict)
     # (query space, key space) of each attention block: dimension i of both goes together
     attention_pairs: list[tuple[str, str]] = field(default_factory=list)
+    # every weight keeps at least one of the units it writes and reads (a traced model's layers
+    # cannot shrink to zero channels; zoo models rebuild from their configs and handle empty
+    # heads)
+    writers_stay: bool = False
 
     def __post_init__(self) -> None:
         self.space_by_name = {s.name: s for s in self.spaces}

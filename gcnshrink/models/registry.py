@@ -75,6 +75,10 @@ def available_models() -> list[str]:
 
 
 def model_class(name: str) -> ModelClass:
+    if name == "user":  # a user's own module (--arch PACKAGE.MODULE:CALLABLE), not in the zoo
+        from gcnshrink.models.user import UserModel
+
+        return UserModel
     _load_plugins()
     try:
         return _REGISTRY[name]
