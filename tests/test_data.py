@@ -12,7 +12,7 @@ import torch
 from gcnshrink.data import SkeletonData, load_data
 from gcnshrink.data.common import resample_sequence
 from gcnshrink.data.safe_pickle import safe_load_pickle
-from gcnshrink.errors import GcnshrinkError
+from gcnshrink.errors import GcnshrinkError, GcnshrinkNotice
 from gcnshrink.layouts import get_layout
 
 RNG = np.random.default_rng(0)
@@ -362,8 +362,12 @@ def test_pyskl_split_persons_padding_and_resampling(tmp_path):
     np.testing.assert_allclose(data.x_train[0, :, 0, :, 0].numpy(), first[0, 0].T, rtol=1e-6)
     np.testing.assert_allclose(data.x_train[0, :, -1, :, 0].numpy(), first[0, -1].T, rtol=1e-6)
     assert load_data(str(path) + "?split=xview").x_test.shape[0] == 1
+    with pytest.warns(GcnshrinkNotice, match="has splits xsub, xview; using xsub"):
+        assert load_data(str(path), frames=16).x_test.shape[0] == 3  # several: xsub, said
+    others = {"xview_train": ["clip0"], "xview_val": ["clip1"], "xset_train": [], "xset_val": []}
+    write_pyskl(tmp_path / "no_xsub.pkl", anns, others)
     with pytest.raises(GcnshrinkError, match="choose a split with \\?split=NAME"):
-        load_data(str(path))
+        load_data(str(tmp_path / "no_xsub.pkl"))  # several, none of them xsub
     with pytest.raises(GcnshrinkError, match="no split 'xset_train'"):
         load_data(f"{path}?split=xset")
 

@@ -8,6 +8,8 @@ project's own layout, ``--arch``, and what compaction does to their attention an
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -341,6 +343,158 @@ def test_pyskl_default_variant_stays_stgcn_and_arch_overrides(tmp_path):
     torch.testing.assert_close(logits(as_stgcn.build_model(), x), expected, rtol=1e-5, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- pyskl AAGCN, CTRGCN
+def to_pyskl_keys(state: dict, blocks: str, inner: dict[str, str]) -> dict:
+    """The original repository's keys -> pyskl's (``l{i}`` -> ``{blocks}.{i-1}``, ``fc`` ->
+    ``cls_head.fc_cls``), as pyskl's model would name the same tensors; plus pyskl's
+    backbone-level ``A`` buffer (the initial graph)."""
+    out = {"A": torch.rand(3, 25, 25)}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            out["cls_head.fc_cls." + key[3:]] = value
+            continue
+        if not key.startswith("l"):
+            out[key] = value
+            continue
+        block, rest = key.split(".", 1)
+        for ours, theirs in inner.items():
+            if rest == ours or rest.startswith(ours + "."):
+                rest = theirs + rest[len(ours) :]
+                break
+        out[f"{blocks}.{int(block[1:]) - 1}.{rest}"] = value
+    return out
+
+
+def pyskl_checkpoint(state: dict) -> dict:
+    """pyskl's trainer output: backbone keys under ``backbone.``, meta and optimizer state."""
+    return {
+        "meta": {"epoch": 16, "mmcv_version": "1.5.0", "CLASSES": None},
+        "state_dict": {
+            (k if k.startswith("cls_head.") else f"backbone.{k}"): v for k, v in state.items()
+        },
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+    }
+
+
+def test_pyskl_aagcn_file_loads_as_aagcn_with_identical_logits(tmp_path):
+    """pyskl's unit_aagcn is MS-AAGCN's unit_gcn (its trained graph named A): same logits."""
+    model = tiny("aagcn", layout="ntu25", num_classes=6)
+    inner = {"gcn1.PA": "gcn.A", "gcn1": "gcn", "tcn1": "tcn"}
+    state = to_pyskl_keys(model.state_dict(), "gcn", inner)
+    assert "gcn.1.gcn.conv_sa.weight" in state and "gcn.0.gcn.A" in state
+    ckpt = load_checkpoint(save(pyskl_checkpoint(state), tmp_path / "aagcn_epoch_16.pth"))
+    assert ckpt.arch == "aagcn" and ckpt.config["blocks"] == model.config["blocks"]
+    x = sample(model)
+    assert torch.equal(logits(ckpt.build_model(), x), logits(model, x))
+    # in_channels == base_channels: pyskl drops its first stage, the first block has a residual
+    from gcnshrink.models.aagcn import default_blocks
+
+    same = tiny("aagcn", layout="ntu25", in_channels=8, blocks=default_blocks(8, 8)[1:3])
+    assert same.config["blocks"][0]["residual"] == "identity"
+    path = save(
+        pyskl_checkpoint(to_pyskl_keys(same.state_dict(), "gcn", inner)), tmp_path / "b.pth"
+    )
+    x = torch.randn(2, 8, 16, 25, 2)
+    assert torch.equal(logits(load_checkpoint(path).build_model(), x), logits(same, x))
+    # tcn_type='mstcn' is a different temporal unit: refused, one line
+    state["gcn.1.tcn.branches.0.0.weight"] = torch.ones(2, 8, 1, 1)
+    with pytest.raises(GcnshrinkError, match="mstcn") as info:
+        load_checkpoint(save(pyskl_checkpoint(state), tmp_path / "mstcn.pth"))
+    assert "\n" not in str(info.value)
+
+
+def pyskl_ctrgcn_reference(state: dict, x: torch.Tensor) -> torch.Tensor:
+    """pyskl's CTRGCN + GCNHead written out from its published definition (eval mode), on a
+    state dict with pyskl's keys: CTRGC aggregates ``einsum('ncuv,nctu->nctv', topology, x3)``
+    and MSTCN ends with a ReLU; strides 2 where the width grows after the first block."""
+    import torch.nn.functional as F
+
+    def bn(t, key):
+        return F.batch_norm(
+            t, state[f"{key}.running_mean"], state[f"{key}.running_var"],
+            state[f"{key}.weight"], state[f"{key}.bias"], False, 0.0, 1e-5,
+        )  # fmt: skip
+
+    def conv(t, key, stride=1, dilation=1):
+        w = state[f"{key}.weight"]
+        pad = (w.shape[2] + (w.shape[2] - 1) * (dilation - 1) - 1) // 2
+        return F.conv2d(t, w, state[f"{key}.bias"], (stride, 1), (pad, 0), (dilation, 1))
+
+    n, c, t, v, m = x.shape
+    h = x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t)  # pyskl: (N, M, T, V, C), MVC
+    h = bn(h, "data_bn").reshape(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
+    i = 0
+    while f"net.{i}.gcn1.A" in state:
+        b = f"net.{i}"
+        c_in = h.shape[1]
+        y = 0
+        for k in range(3):
+            p = f"{b}.gcn1.convs.{k}"
+            x1, x2 = conv(h, f"{p}.conv1").mean(-2), conv(h, f"{p}.conv2").mean(-2)
+            rel = torch.tanh(x1.unsqueeze(-1) - x2.unsqueeze(-2))
+            topology = conv(rel, f"{p}.conv4") * state[f"{b}.gcn1.alpha"] + state[f"{b}.gcn1.A"][k]
+            y = y + torch.einsum("ncuv,nctu->nctv", topology, conv(h, f"{p}.conv3"))
+        down = (
+            bn(conv(h, f"{b}.gcn1.down.0"), f"{b}.gcn1.down.1")
+            if f"{b}.gcn1.down.0.weight" in state
+            else h
+        )
+        g = F.relu(bn(y, f"{b}.gcn1.bn") + down)
+        out = state[f"{b}.tcn1.branches.0.0.weight"].shape[0] * 4
+        stride = 2 if i > 0 and out > c_in else 1
+        outs = []
+        for j, d in enumerate((1, 2)):
+            a = f"{b}.tcn1.branches.{j}"
+            z = F.relu(bn(conv(g, f"{a}.0"), f"{a}.1"))
+            outs.append(bn(conv(z, f"{a}.3.conv", stride, d), f"{a}.3.bn"))
+        a = f"{b}.tcn1.branches.2"
+        z = F.max_pool2d(F.relu(bn(conv(g, f"{a}.0"), f"{a}.1")), (3, 1), (stride, 1), (1, 0))
+        outs.append(bn(z, f"{a}.4"))
+        outs.append(bn(conv(g, f"{b}.tcn1.branches.3.0", stride), f"{b}.tcn1.branches.3.1"))
+        tcn = F.relu(torch.cat(outs, dim=1))
+        if f"{b}.residual.conv.weight" in state:
+            res = bn(conv(h, f"{b}.residual.conv", stride), f"{b}.residual.bn")
+        else:
+            res = 0 if i == 0 else h
+        h = F.relu(tcn + res)
+        i += 1
+    pooled = h.reshape(n, m, h.shape[1], -1).mean(dim=3).mean(dim=1)
+    return F.linear(pooled, state["cls_head.fc_cls.weight"], state["cls_head.fc_cls.bias"])
+
+
+def test_pyskl_ctrgcn_file_loads_with_pyskls_logits(tmp_path):
+    """pyskl's CTRGCN differs from CTR-GCN in what it computes (transposed topology, a ReLU after
+    the temporal concat): the file imports as ``ctrgcn`` with ``pyskl: true`` and gives the logits
+    of pyskl's definition, which CTR-GCN's on the same weights does not."""
+    weights = tiny("ctrgcn", layout="ntu25", num_classes=6)
+    with torch.no_grad():  # a trained alpha: the refined topology matters
+        for name in ("l1", "l2", "l3"):
+            getattr(weights, name).gcn1.alpha.fill_(0.7)
+    state = to_pyskl_keys(weights.state_dict(), "net", {"gcn1.PA": "gcn1.A"})
+    ckpt = load_checkpoint(save(pyskl_checkpoint(state), tmp_path / "ctrgcn_best.pth"))
+    assert ckpt.arch == "ctrgcn" and ckpt.config["pyskl"] is True
+    assert ckpt.config["blocks"] == weights.config["blocks"]
+    x = sample(weights)
+    with torch.no_grad():
+        expected = pyskl_ctrgcn_reference(state, x)
+    imported = ckpt.build_model()
+    torch.testing.assert_close(logits(imported, x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits(weights, x), expected, atol=1e-3)  # CTR-GCN's differ
+    # and TCP prunes it consistently, and it compacts with unchanged logits
+    from gcnshrink.pruning import PruneSpec, bake, create_method
+
+    method = create_method("tcp", PruneSpec((0.9,)))
+    working = ckpt.build_model().train()
+    method.attach(working, working.unit_graph())
+    method.on_step(0.0)
+    baked = bake(working, method.masks_at(0.9)).eval()
+    result = compact_model(baked, sample(baked, batch=8))  # raises if the logits change
+    assert result.params_after < result.params_before and result.model.config["pyskl"] is True
+    graph = result.model.unit_graph()
+    masks = masks_from_weights(graph, dict(result.model.named_parameters()))
+    assert topology_summary(graph, masks)["inconsistent_connections"] == 0
+
+
 def test_arch_override_and_its_refusals(tmp_path):
     agcn = tiny("agcn", layout="ntu25")
     path = save(agcn.state_dict(), tmp_path / "agcn.pt")
@@ -458,7 +612,8 @@ def test_2s_agcn_streams_are_chosen_with_stream(tmp_path):
 
     folder = tmp_path / "ntu" / "xview"
     folder.parent.mkdir()
-    streams = {name: (arrays(4, i), arrays(2, 10 + i)) for i, name in enumerate(("joint", "bone"))}
+    names = ("joint", "bone", "joint_motion")
+    streams = {name: (arrays(4, i), arrays(2, 10 + i)) for i, name in enumerate(names)}
     files = {}
     for name, (train, val) in streams.items():
         files[f"train_data_{name}.npy"], files[f"val_data_{name}.npy"] = train, val
@@ -467,8 +622,51 @@ def test_2s_agcn_streams_are_chosen_with_stream(tmp_path):
     np.testing.assert_array_equal(joint.x_train.numpy(), streams["joint"][0])
     bone = load_data(f"stgcn:{folder}?stream=bone", val_fraction=0.0)
     np.testing.assert_array_equal(bone.x_test.numpy(), streams["bone"][1])
+    motion = load_data(f"stgcn:{folder}?stream=joint_motion", val_fraction=0.0)
+    np.testing.assert_array_equal(motion.x_train.numpy(), streams["joint_motion"][0])
     with pytest.raises(GcnshrinkError, match="train_data_bone_motion.npy: file not found"):
         load_data(f"stgcn:{folder}?stream=bone_motion")
     with pytest.raises(GcnshrinkError, match="unknown stream 'velocity'") as info:
         load_data(f"stgcn:{folder}?stream=velocity")
     assert "joint_motion" in str(info.value)
+
+
+def test_pyskl_file_with_several_splits_takes_xsub_and_says_so(tmp_path):
+    import pickle
+
+    from gcnshrink.data import load_data
+    from gcnshrink.errors import GcnshrinkNotice
+
+    rng = np.random.default_rng(0)
+    anns = [
+        {"frame_dir": f"S001C001P00{i}R001A001", "label": i % 2, "total_frames": 20,
+         "keypoint": rng.normal(size=(2, 20, 25, 3)).astype(np.float16)}
+        for i in range(6)
+    ]  # fmt: skip
+    names = [a["frame_dir"] for a in anns]
+    split = {"xsub_train": names[:4], "xsub_val": names[4:], "xview_train": names[:5],
+             "xview_val": names[5:]}  # fmt: skip
+    path = tmp_path / "ntu60_3danno.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"split": split, "annotations": anns}, f, protocol=2)
+    with pytest.warns(GcnshrinkNotice, match="using xsub") as notes:
+        data = load_data(str(path), val_fraction=0.0)
+    assert len(notes) == 1 and "?split=NAME" in str(notes[0].message)
+    assert len(data.y_train) == 4 and len(data.y_test) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GcnshrinkNotice)  # a named split: nothing to say
+        assert len(load_data(f"{path}?split=xview", val_fraction=0.0).y_test) == 1
+
+
+def test_foreign_checkpoint_exports_in_one_command(make_model, cli, tmp_path):
+    """The README's quick tour on an ST-GCN file that records no data: compaction checks on random
+    inputs of the model's shape, and a note says so. (``--onnx`` runs its parity check on the same
+    inputs; left out here because exporting takes a minute on a busy machine.)"""
+    model = make_model("stgcn", layout="ntu25")
+    path = save(model.state_dict(), tmp_path / "st_gcn.ntu-xsub.pt")
+    out = tmp_path / "exported"
+    result = cli("export", path, "--sparse", "-o", out)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "note: no --data and none recorded" in result.stderr
+    assert "(3, 32, 25, 2)" in result.stderr
+    assert (out / "model.sparse.safetensors").is_file()

@@ -8,6 +8,7 @@ The formats are described in docs/formats.md.
 from __future__ import annotations
 
 import math
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,11 @@ from gcnshrink.data.common import (
     resample_sequence,
 )
 from gcnshrink.data.safe_pickle import safe_load_pickle
-from gcnshrink.errors import GcnshrinkError
+from gcnshrink.errors import GcnshrinkError, GcnshrinkNotice
 from gcnshrink.layouts import get_layout, layout_from_edges
 
 RAW_DEFAULT_FRAMES = 32  # SBU and FPHA sequences are resampled to this many frames by default
+DEFAULT_PYSKL_SPLIT = "xsub"  # chosen when a pyskl file has several splits and none is named
 PYSKL_DEFAULT_FRAMES = 64  # pyskl clips are longer (NTU: up to 300); 64 is CTR-GCN's choice
 
 # The standard SBU 5-fold protocol, as 1-based set indices.
@@ -451,6 +453,16 @@ def _pyskl_split_names(
             for name in splits
             if isinstance(name, str) and name.endswith("_train") and f"{name[:-6]}_val" in splits
         )
+        if len(prefixes) > 1 and DEFAULT_PYSKL_SPLIT in prefixes:
+            # NTU-60 and NTU-120 files hold xsub and xview/xset: cross-subject is the usual choice
+            warnings.warn(
+                GcnshrinkNotice(
+                    f"{path} has splits {', '.join(prefixes)}; using {DEFAULT_PYSKL_SPLIT} "
+                    "(choose another with ?split=NAME)"
+                ),
+                stacklevel=2,
+            )
+            prefixes = [DEFAULT_PYSKL_SPLIT]
         if len(prefixes) != 1:
             raise GcnshrinkError(
                 f"{path}: choose a split with ?split=NAME (file has splits: "

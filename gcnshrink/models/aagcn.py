@@ -26,6 +26,12 @@ space ``se`` and ``fc2c`` the per-channel gate ``gate``, which steers ``att`` ch
 ``channel_steer`` link, so gate c and channel c are kept together). ``conv_sa``/``conv_ta``/
 ``fc1c`` read the gated activations, whose constants are not ``gcn``'s, so they never absorb a
 removed constant.
+
+pyskl's ``AAGCN`` backbone computes the same (``unit_aagcn`` is MS-AAGCN's ``unit_gcn``, its blocks
+and ``GCNHead`` pool and classify alike) under other names: ``backbone.gcn.{i}.gcn.*`` with the
+trained adjacency as ``A``, ``backbone.gcn.{i}.tcn.*``, ``backbone.gcn.{i}.residual.*`` and
+``cls_head.fc_cls.*``; its files are renamed onto these keys. Supported: pyskl's defaults
+(``data_bn_type='MVC'``, ``tcn_type='unit_tcn'``, adaptive graph), with or without the gates.
 """
 
 from __future__ import annotations
@@ -47,22 +53,18 @@ from gcnshrink.models.agcn import (
     Conv1x1Residual,
     TemporalConv,
     UpstreamStack,
-    bn_binding,
     check_block,
-    direct,
     infer_agcn_config,
-    weight_binding,
 )
 from gcnshrink.models.agcn import default_blocks as agcn_blocks
 from gcnshrink.models.base import (
-    MAX_COUNT,
     MAX_WIDTH,
     ModelConfig,
     check_float,
     check_int,
-    check_list,
 )
 from gcnshrink.models.registry import register_model
+from gcnshrink.models.upstream import bn_binding, direct, weight_binding
 
 BLOCK_KEYS = (*AGCN_BLOCK_KEYS, "gate")
 TEMPORAL_GATE_KERNEL = 9
@@ -100,15 +102,13 @@ class AAGCNConfig(ModelConfig):
         self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
         if self.blocks is None:
             self.blocks = default_blocks(self.in_channels, self.base_width)
-        blocks = check_list("blocks", self.blocks)
-        if not 1 <= len(blocks) <= MAX_COUNT:
-            raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
-        self.blocks, prev = [], self.in_channels
-        for i, spec in enumerate(blocks):
-            block = check_block(i, spec, prev, BLOCK_KEYS)
-            block["gate"] = check_int(f"blocks[{i}].gate", block["gate"], 1, MAX_WIDTH)
-            self.blocks.append({key: block[key] for key in BLOCK_KEYS})
-            prev = block["out"]
+        self.blocks = upstream.check_blocks(self.blocks, self.in_channels, _check_block)
+
+
+def _check_block(i: int, spec: object, prev: int) -> dict:
+    block = check_block(i, spec, prev, BLOCK_KEYS)
+    block["gate"] = check_int(f"blocks[{i}].gate", block["gate"], 1, MAX_WIDTH)
+    return {key: block[key] for key in BLOCK_KEYS}
 
 
 class AttentionGraphConv(nn.Module):
@@ -284,17 +284,14 @@ class AAGCN(UpstreamStack):
                 bindings, f"{pre}.tcn1.conv", direct(carried, mid), direct(out, spec["out"]), False
             )
             bn_binding(bindings, f"{pre}.tcn1.bn", direct(out, spec["out"]))
-            if spec["residual"] == "conv":
-                weight_binding(
-                    bindings,
-                    f"{pre}.residual.conv",
-                    direct(prev, prev_w),
-                    direct(out, spec["out"]),
-                    True,
-                )
-                bn_binding(bindings, f"{pre}.residual.bn", direct(out, spec["out"]))
-            elif spec["residual"] == "identity":
-                links.append(Link.identity(prev, out, prev_w))
+            upstream.residual_bindings(
+                bindings,
+                links,
+                f"{pre}.residual",
+                spec["residual"],
+                (prev, prev_w),
+                (out, spec["out"]),
+            )
             probes[out] = ActivationProbe(pre, 1)
             prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
@@ -324,7 +321,35 @@ class AAGCN(UpstreamStack):
     # ------------------------------------------------------------------ foreign checkpoints
     @classmethod
     def recognizes(cls, state: Mapping[str, torch.Tensor]) -> bool:
-        return "l1.gcn1.conv_a.0.weight" in state and "l1.gcn1.alpha" in state
+        original = "l1.gcn1.conv_a.0.weight" in state and "l1.gcn1.alpha" in state
+        return original or is_pyskl_aagcn(state)
+
+    @classmethod
+    def rename_foreign(cls, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not is_pyskl_aagcn(state):
+            return dict(state)
+        if any(".tcn.branches." in key for key in state):
+            raise GcnshrinkError(
+                "pyskl AAGCN with tcn_type='mstcn' is not supported (gcnshrink's aagcn has "
+                "pyskl's default unit_tcn)"
+            )
+        inner = {"gcn.A": "gcn1.PA", "gcn.": "gcn1.", "tcn.": "tcn1."}
+        return upstream.rename_pyskl(state, "gcn", inner, "pyskl AAGCN")
+
+    @classmethod
+    def import_state(
+        cls,
+        state: Mapping[str, torch.Tensor],
+        layout: Layout | None = None,
+        num_classes: int | None = None,
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
+        config, renamed = super().import_state(state, layout, num_classes)
+        first = config["blocks"][0]
+        if is_pyskl_aagcn(state) and first["residual"] == "none" and first["in"] == first["out"]:
+            # pyskl skips its first stage when in_channels == base_channels: the first block
+            # present is a later stage, with an identity residual
+            first["residual"] = "identity"
+        return config, renamed
 
     @classmethod
     def infer_config(
@@ -340,3 +365,8 @@ class AAGCN(UpstreamStack):
                 gate = max(block["mid"] // GATE_RATIO, 1)
             block["gate"] = gate
         return {**config, "attention": attention}
+
+
+def is_pyskl_aagcn(state: Mapping[str, torch.Tensor]) -> bool:
+    """pyskl's AAGCN backbone with its GCNHead, once ``backbone.`` is stripped."""
+    return "gcn.0.gcn.conv_a.0.weight" in state and "cls_head.fc_cls.weight" in state

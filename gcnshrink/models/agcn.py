@@ -36,21 +36,20 @@ import torch
 from torch import nn
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
+from gcnshrink.graph import ActivationProbe, Link, TensorBinding, UnitGraph, UnitSpace
 from gcnshrink.layouts import Layout
 from gcnshrink.models import upstream
 from gcnshrink.models.base import (
-    MAX_COUNT,
     MAX_WIDTH,
     ModelConfig,
     SkeletonModel,
-    check_choice,
     check_dict,
     check_float,
     check_int,
     check_list,
 )
 from gcnshrink.models.registry import register_model
+from gcnshrink.models.upstream import bn_binding, direct, weight_binding
 
 SUBSETS = 3  # identity, inward, outward
 TEMPORAL_KERNEL = 9
@@ -80,27 +79,13 @@ def default_blocks(in_channels: int, base: int) -> list[dict]:
 def check_block(i: int, spec: object, prev: int, keys: tuple[str, ...] = BLOCK_KEYS) -> dict:
     """One block of an agcn/aagcn config (``keys`` may add architecture-specific ones)."""
     spec = check_dict(f"blocks[{i}]", spec, keys)
-    block = {"in": check_int(f"blocks[{i}].in", spec["in"], 1, MAX_WIDTH)}
-    for key in ("mid", "out"):
-        block[key] = check_int(f"blocks[{i}].{key}", spec[key], 1, MAX_WIDTH)
-    block["stride"] = check_int(f"blocks[{i}].stride", spec["stride"], 1, 64)
-    block["residual"] = check_choice(
-        f"blocks[{i}].residual", spec["residual"], ("none", "identity", "conv")
-    )
-    block["down"] = check_choice(f"blocks[{i}].down", spec["down"], ("identity", "conv"))
+    block = upstream.check_block_widths(i, spec)
     inter = check_list(f"blocks[{i}].inter", spec["inter"])
     if len(inter) != SUBSETS:
         raise GcnshrinkError(f"blocks[{i}].inter must list {SUBSETS} widths, got {len(inter)}")
     block["inter"] = [check_int(f"blocks[{i}].inter", w, 0, MAX_WIDTH) for w in inter]
     block["inter_scale"] = check_int(f"blocks[{i}].inter_scale", spec["inter_scale"], 1, MAX_WIDTH)
-    if block["in"] != prev:
-        raise GcnshrinkError(f"blocks[{i}].in is {block['in']}, the width before it is {prev}")
-    if block["residual"] == "identity" and (block["in"] != block["out"] or block["stride"] != 1):
-        raise GcnshrinkError(
-            f"blocks[{i}] has an identity residual but changes the width or the frame rate"
-        )
-    if block["down"] == "identity" and block["in"] != block["mid"]:
-        raise GcnshrinkError(f"blocks[{i}] has an identity down branch but in != mid")
+    upstream.check_block_couplings(i, block, prev)
     for key in keys:
         if key not in block:
             block[key] = spec[key]  # validated by the caller
@@ -123,13 +108,7 @@ class AGCNConfig(ModelConfig):
         self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
         if self.blocks is None:
             self.blocks = default_blocks(self.in_channels, self.base_width)
-        blocks = check_list("blocks", self.blocks)
-        if not 1 <= len(blocks) <= MAX_COUNT:
-            raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
-        self.blocks, prev = [], self.in_channels
-        for i, spec in enumerate(blocks):
-            self.blocks.append(check_block(i, spec, prev))
-            prev = self.blocks[-1]["out"]
+        self.blocks = upstream.check_blocks(self.blocks, self.in_channels, check_block)
 
 
 # ---------------------------------------------------------------------------- layers
@@ -248,39 +227,6 @@ class UpstreamStack(SkeletonModel):
         return self.fc(self.drop_out(x))
 
 
-def bn_binding(bindings: list[TensorBinding], prefix: str, amap: AxisMap) -> None:
-    for p in ("weight", "bias", "running_mean", "running_var"):
-        bindings.append(TensorBinding(f"{prefix}.{p}", {0: amap}))
-
-
-def weight_binding(
-    bindings: list[TensorBinding],
-    name: str,
-    source: AxisMap,
-    target: AxisMap,
-    folds: bool,
-    bias: bool = True,
-) -> None:
-    """A prunable conv/linear weight (target axis 0, source axis 1) and its bias."""
-    bindings.append(
-        TensorBinding(
-            f"{name}.weight",
-            {0: target, 1: source},
-            prunable=True,
-            source_axis=1,
-            target_axis=0,
-            bias=f"{name}.bias" if bias else None,
-            folds_constant=folds,
-        )
-    )
-    if bias:
-        bindings.append(TensorBinding(f"{name}.bias", {0: target}))
-
-
-def direct(space: str, width: int) -> AxisMap:
-    return AxisMap.direct(space, width)
-
-
 @register_model("agcn")
 class AGCN(UpstreamStack):
     """2s-AGCN (one stream: joint or bone), adaptive graph with softmax attention per subset."""
@@ -362,17 +308,14 @@ class AGCN(UpstreamStack):
                 False,
             )
             bn_binding(bindings, f"{pre}.tcn1.bn", direct(out, spec["out"]))
-            if spec["residual"] == "conv":
-                weight_binding(
-                    bindings,
-                    f"{pre}.residual.conv",
-                    direct(prev, prev_w),
-                    direct(out, spec["out"]),
-                    True,
-                )
-                bn_binding(bindings, f"{pre}.residual.bn", direct(out, spec["out"]))
-            elif spec["residual"] == "identity":
-                links.append(Link.identity(prev, out, prev_w))
+            upstream.residual_bindings(
+                bindings,
+                links,
+                f"{pre}.residual",
+                spec["residual"],
+                (prev, prev_w),
+                (out, spec["out"]),
+            )
             probes[out] = ActivationProbe(pre, 1)
             prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
@@ -453,17 +396,4 @@ def infer_agcn_config(
             }
         )
         i += 1
-    if not blocks:
-        raise GcnshrinkError(f"no l1.gcn1.* block in the {what} checkpoint")
-    in_channels = blocks[0]["in"]
-    joints = upstream.shape_of(state, "l1.gcn1.PA", what)[-1]
-    bn = upstream.shape_of(state, "data_bn.weight", what)[0]
-    persons = upstream.persons_from_data_bn(bn, joints, in_channels, what)
-    layout = upstream.layout_for(joints, persons, layout, what)
-    classes = upstream.check_classes(upstream.shape_of(state, "fc.weight", what)[0], num_classes)
-    return {
-        "num_classes": classes,
-        "layout": layout.to_dict(),
-        "in_channels": in_channels,
-        "blocks": blocks,
-    }
+    return upstream.stack_config(state, blocks, layout, num_classes, what)

@@ -24,6 +24,12 @@ topology makes even a constant channel depend on the input, so it carries signal
 carries the channels. The four branches write their own segments of the block's output space, so
 compaction removes output channels branch by branch (rewriting the concatenation), and the
 compacted config records every branch's width.
+
+pyskl's ``CTRGCN`` backbone (``pyskl: true``) has the same layers and shapes with two differences
+in what it computes: its CTRGC aggregates with the transposed topology (``einsum('ncuv,nctu->nctv')``
+where CTR-GCN has ``'ncuv,nctv->nctu'``) and its ``MSTCN`` applies a ReLU to the concatenation. Its
+files (``backbone.net.{i}.*``, the adjacency as ``gcn1.A``, ``cls_head.fc_cls.*``) are renamed onto
+these keys. Neither difference changes the unit graph.
 """
 
 from __future__ import annotations
@@ -38,24 +44,18 @@ from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 from gcnshrink.layouts import Layout
 from gcnshrink.models import upstream
-from gcnshrink.models.agcn import (
-    Conv1x1Residual,
-    UpstreamStack,
-    bn_binding,
-    direct,
-    weight_binding,
-)
+from gcnshrink.models.agcn import Conv1x1Residual, UpstreamStack
 from gcnshrink.models.base import (
     MAX_COUNT,
     MAX_WIDTH,
     ModelConfig,
-    check_choice,
     check_dict,
     check_float,
     check_int,
     check_list,
 )
 from gcnshrink.models.registry import register_model
+from gcnshrink.models.upstream import bn_binding, direct, weight_binding
 
 SUBSETS = 3
 BLOCK_KEYS = ("in", "mid", "out", "stride", "residual", "down", "rel", "tcn")
@@ -115,15 +115,7 @@ def _check_branch(where: str, spec: object) -> dict:
 
 def _check_block(i: int, spec: object, prev: int) -> dict:
     spec = check_dict(f"blocks[{i}]", spec, BLOCK_KEYS)
-    block = {
-        key: check_int(f"blocks[{i}].{key}", spec[key], 1, MAX_WIDTH)
-        for key in ("in", "mid", "out")
-    }
-    block["stride"] = check_int(f"blocks[{i}].stride", spec["stride"], 1, 64)
-    block["residual"] = check_choice(
-        f"blocks[{i}].residual", spec["residual"], ("none", "identity", "conv")
-    )
-    block["down"] = check_choice(f"blocks[{i}].down", spec["down"], ("identity", "conv"))
+    block = upstream.check_block_widths(i, spec)
     rel = check_list(f"blocks[{i}].rel", spec["rel"])
     if len(rel) != SUBSETS:
         raise GcnshrinkError(f"blocks[{i}].rel must list {SUBSETS} widths, got {len(rel)}")
@@ -138,47 +130,40 @@ def _check_block(i: int, spec: object, prev: int) -> dict:
             f"blocks[{i}]: the temporal branches concatenate {total} channels, out is "
             f"{block['out']}"
         )
-    if block["in"] != prev:
-        raise GcnshrinkError(f"blocks[{i}].in is {block['in']}, the width before it is {prev}")
-    if block["residual"] == "identity" and (block["in"] != block["out"] or block["stride"] != 1):
-        raise GcnshrinkError(
-            f"blocks[{i}] has an identity residual but changes the width or the frame rate"
-        )
-    if block["down"] == "identity" and block["in"] != block["mid"]:
-        raise GcnshrinkError(f"blocks[{i}] has an identity down branch but in != mid")
+    upstream.check_block_couplings(i, block, prev)
     return {key: block[key] for key in BLOCK_KEYS}
 
 
 @dataclass(kw_only=True)
 class CTRGCNConfig(ModelConfig):
     """``blocks`` is CTR-GCN's ten-block plan at ``base_width`` (a multiple of 4) when not given;
-    imported and compacted models give it explicitly. ``dropout`` is applied before ``fc``."""
+    imported and compacted models give it explicitly. ``dropout`` is applied before ``fc``.
+    ``pyskl`` computes as pyskl's CTRGCN (transposed topology, ReLU after the temporal concat)."""
 
     base_width: int = 64
     dropout: float = 0.0
+    pyskl: bool = False
     blocks: list[dict] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.base_width = check_int("base_width", self.base_width, 1, MAX_WIDTH // 4)
         self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
+        if not isinstance(self.pyskl, bool):
+            raise GcnshrinkError(f"pyskl must be true or false, got {self.pyskl!r}")
         if self.blocks is None:
             self.blocks = default_blocks(self.in_channels, self.base_width)
-        blocks = check_list("blocks", self.blocks)
-        if not 1 <= len(blocks) <= MAX_COUNT:
-            raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
-        self.blocks, prev = [], self.in_channels
-        for i, spec in enumerate(blocks):
-            self.blocks.append(_check_block(i, spec, prev))
-            prev = self.blocks[-1]["out"]
+        self.blocks = upstream.check_blocks(self.blocks, self.in_channels, _check_block)
 
 
 # ---------------------------------------------------------------------------- layers
 class ChannelTopology(nn.Module):
     """``CTRGC``: a topology per output channel, refined from the shared adjacency."""
 
-    def __init__(self, c_in: int, c_out: int, rel: int):
+    def __init__(self, c_in: int, c_out: int, rel: int, transposed: bool = False):
         super().__init__()
+        # pyskl aggregates joint v from joints u with topology[u, v]; CTR-GCN with topology[v, u]
+        self.equation = "ncuv,nctu->nctv" if transposed else "ncuv,nctv->nctu"
         self.conv1 = nn.Conv2d(c_in, rel, 1)
         self.conv2 = nn.Conv2d(c_in, rel, 1)
         self.conv3 = nn.Conv2d(c_in, c_out, 1)
@@ -188,16 +173,16 @@ class ChannelTopology(nn.Module):
         x1, x2, x3 = self.conv1(x).mean(-2), self.conv2(x).mean(-2), self.conv3(x)
         relation = torch.tanh(x1.unsqueeze(-1) - x2.unsqueeze(-2))  # (N, R, V, V)
         topology = self.conv4(relation) * alpha + adjacency[None, None]  # (N, C, V, V)
-        return torch.einsum("ncuv,nctv->nctu", topology, x3)
+        return torch.einsum(self.equation, topology, x3)
 
 
 class CTRGraphConv(nn.Module):
     """CTR-GCN's ``unit_gcn``: one ChannelTopology per subset, BN, ``down``, ReLU."""
 
-    def __init__(self, spec: dict, adjacency: torch.Tensor):
+    def __init__(self, spec: dict, adjacency: torch.Tensor, pyskl: bool = False):
         super().__init__()
         c_in, mid = spec["in"], spec["mid"]
-        self.convs = nn.ModuleList(ChannelTopology(c_in, mid, r) for r in spec["rel"])
+        self.convs = nn.ModuleList(ChannelTopology(c_in, mid, r, pyskl) for r in spec["rel"])
         if spec["down"] == "conv":
             self.down = nn.Sequential(nn.Conv2d(c_in, mid, 1), nn.BatchNorm2d(mid))
         else:
@@ -234,12 +219,14 @@ class BranchTemporalConv(nn.Module):
 
 
 class MultiScaleTemporalConv(nn.Module):
-    """``MultiScale_TemporalConv`` without its own residual: branches, concatenated."""
+    """``MultiScale_TemporalConv`` without its own residual: branches, concatenated (then a ReLU
+    with ``act``, as pyskl's ``MSTCN``)."""
 
-    def __init__(self, c_in: int, branches: list[dict], stride: int):
+    def __init__(self, c_in: int, branches: list[dict], stride: int, act: bool = False):
         super().__init__()
         self.specs = branches
         self.stride = stride
+        self.act = nn.ReLU() if act else nn.Identity()
         self.branches = nn.ModuleList()
         for spec in branches:
             w = spec["out"]
@@ -269,19 +256,19 @@ class MultiScaleTemporalConv(nn.Module):
             branch(x) if spec["out"] > 0 else x.new_zeros(n, 0, frames, v)
             for spec, branch in zip(self.specs, self.branches, strict=True)
         ]
-        return torch.cat(outs, dim=1)
+        return self.act(torch.cat(outs, dim=1))
 
 
 class CTRGCNBlock(nn.Module):
     """``TCN_GCN_unit``: gcn1, tcn1 (multi-scale), residual, ReLU."""
 
-    def __init__(self, spec: dict, adjacency: torch.Tensor):
+    def __init__(self, spec: dict, adjacency: torch.Tensor, pyskl: bool = False):
         super().__init__()
         for branch in spec["tcn"]:
             if branch["kind"] == "conv" and branch["kernel"] % 2 == 0:
                 raise GcnshrinkError("CTR-GCN temporal branches need odd kernels")
-        self.gcn1 = CTRGraphConv(spec, adjacency)
-        self.tcn1 = MultiScaleTemporalConv(spec["mid"], spec["tcn"], spec["stride"])
+        self.gcn1 = CTRGraphConv(spec, adjacency, pyskl)
+        self.tcn1 = MultiScaleTemporalConv(spec["mid"], spec["tcn"], spec["stride"], pyskl)
         self.residual_kind = spec["residual"]
         if self.residual_kind == "conv":
             self.residual = Conv1x1Residual(spec["in"], spec["out"], spec["stride"])
@@ -307,7 +294,7 @@ class CTRGCN(UpstreamStack):
         super().__init__(config)
         cfg = self.arch_config
         adjacency = torch.from_numpy(upstream.directed_partitions(cfg.layout))
-        self.build_stack([CTRGCNBlock(spec, adjacency) for spec in cfg.blocks])
+        self.build_stack([CTRGCNBlock(spec, adjacency, cfg.pyskl) for spec in cfg.blocks])
 
     @classmethod
     def tiny_config(cls) -> dict:
@@ -394,17 +381,14 @@ class CTRGCN(UpstreamStack):
                     weight_binding(bindings, f"{at}.0", direct(gcn, mid), segment, True)
                     bn_binding(bindings, f"{at}.1", segment)
             spaces.append(UnitSpace(out, spec["out"]))
-            if spec["residual"] == "conv":
-                weight_binding(
-                    bindings,
-                    f"{pre}.residual.conv",
-                    direct(prev, prev_w),
-                    direct(out, spec["out"]),
-                    True,
-                )
-                bn_binding(bindings, f"{pre}.residual.bn", direct(out, spec["out"]))
-            elif spec["residual"] == "identity":
-                links.append(Link.identity(prev, out, prev_w))
+            upstream.residual_bindings(
+                bindings,
+                links,
+                f"{pre}.residual",
+                spec["residual"],
+                (prev, prev_w),
+                (out, spec["out"]),
+            )
             probes[out] = ActivationProbe(pre, 1)
             prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
@@ -442,13 +426,38 @@ class CTRGCN(UpstreamStack):
     # ------------------------------------------------------------------ foreign checkpoints
     @classmethod
     def recognizes(cls, state: Mapping[str, torch.Tensor]) -> bool:
-        return "l1.gcn1.convs.0.conv1.weight" in state and "l1.tcn1.branches.0.0.weight" in state
+        original = (
+            "l1.gcn1.convs.0.conv1.weight" in state and "l1.tcn1.branches.0.0.weight" in state
+        )
+        return original or is_pyskl_ctrgcn(state)
+
+    @classmethod
+    def rename_foreign(cls, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not is_pyskl_ctrgcn(state):
+            return dict(state)
+        # pyskl keeps the trained adjacency as gcn1.A (CTR-GCN: gcn1.PA)
+        return upstream.rename_pyskl(state, "net", {"gcn1.A": "gcn1.PA"}, "pyskl CTRGCN")
+
+    @classmethod
+    def import_state(
+        cls,
+        state: Mapping[str, torch.Tensor],
+        layout: Layout | None = None,
+        num_classes: int | None = None,
+    ) -> tuple[dict, dict[str, torch.Tensor]]:
+        config, renamed = super().import_state(state, layout, num_classes)
+        return {**config, "pyskl": is_pyskl_ctrgcn(state)}, renamed
 
     @classmethod
     def infer_config(
         cls, state: Mapping[str, torch.Tensor], layout: Layout | None, num_classes: int | None
     ) -> dict:
         return infer_ctrgcn_config(state, layout, num_classes)
+
+
+def is_pyskl_ctrgcn(state: Mapping[str, torch.Tensor]) -> bool:
+    """pyskl's CTRGCN backbone with its GCNHead, once ``backbone.`` is stripped."""
+    return "net.0.gcn1.convs.0.conv1.weight" in state and "cls_head.fc_cls.weight" in state
 
 
 def _branches(state: Mapping[str, torch.Tensor], at: str, what: str) -> list[dict]:
@@ -513,17 +522,4 @@ def infer_ctrgcn_config(
             }
         )
         i += 1
-    if not blocks:
-        raise GcnshrinkError(f"no l1.gcn1.convs.* block in the {what} checkpoint")
-    in_channels = blocks[0]["in"]
-    joints = upstream.shape_of(state, "l1.gcn1.PA", what)[-1]
-    bn = upstream.shape_of(state, "data_bn.weight", what)[0]
-    persons = upstream.persons_from_data_bn(bn, joints, in_channels, what)
-    layout = upstream.layout_for(joints, persons, layout, what)
-    classes = upstream.check_classes(upstream.shape_of(state, "fc.weight", what)[0], num_classes)
-    return {
-        "num_classes": classes,
-        "layout": layout.to_dict(),
-        "in_channels": in_channels,
-        "blocks": blocks,
-    }
+    return upstream.stack_config(state, blocks, layout, num_classes, what)

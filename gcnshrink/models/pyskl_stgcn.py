@@ -133,15 +133,7 @@ def _check_branch(where: str, spec: object) -> dict:
 
 def _check_block(i: int, spec: object, prev: int) -> dict:
     spec = check_dict(f"blocks[{i}]", spec, BLOCK_KEYS)
-    block = {
-        key: check_int(f"blocks[{i}].{key}", spec[key], 1, MAX_WIDTH)
-        for key in ("in", "mid", "out")
-    }
-    block["stride"] = check_int(f"blocks[{i}].stride", spec["stride"], 1, 64)
-    block["residual"] = check_choice(
-        f"blocks[{i}].residual", spec["residual"], ("none", "identity", "conv")
-    )
-    block["down"] = check_choice(f"blocks[{i}].down", spec["down"], ("none", "identity", "conv"))
+    block = upstream.check_block_widths(i, spec, ("none", "identity", "conv"))
     if spec["tcn"] == "unit":
         block["tcn"] = "unit"
     else:
@@ -151,14 +143,7 @@ def _check_block(i: int, spec: object, prev: int) -> dict:
         block["tcn"] = [_check_branch(f"blocks[{i}].tcn[{j}]", b) for j, b in enumerate(branches)]
         if sum(b["out"] for b in block["tcn"]) == 0:
             raise GcnshrinkError(f"blocks[{i}].tcn: the branches have no output channel")
-    if block["in"] != prev:
-        raise GcnshrinkError(f"blocks[{i}].in is {block['in']}, the width before it is {prev}")
-    if block["residual"] == "identity" and (block["in"] != block["out"] or block["stride"] != 1):
-        raise GcnshrinkError(
-            f"blocks[{i}] has an identity residual but changes the width or the frame rate"
-        )
-    if block["down"] == "identity" and block["in"] != block["mid"]:
-        raise GcnshrinkError(f"blocks[{i}] has an identity down branch but in != mid")
+    upstream.check_block_couplings(i, block, prev)
     return {key: block[key] for key in BLOCK_KEYS}
 
 
@@ -192,13 +177,7 @@ class PysklSTGCNConfig(ModelConfig):
         self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
         if self.blocks is None:
             self.blocks = default_blocks(self.in_channels, self.base_width, self.tcn, self.with_res)
-        blocks = check_list("blocks", self.blocks)
-        if not 1 <= len(blocks) <= MAX_COUNT:
-            raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
-        self.blocks, prev = [], self.in_channels
-        for i, spec in enumerate(blocks):
-            self.blocks.append(_check_block(i, spec, prev))
-            prev = self.blocks[-1]["out"]
+        self.blocks = upstream.check_blocks(self.blocks, self.in_channels, _check_block)
 
 
 # ---------------------------------------------------------------------------- layers
@@ -423,24 +402,12 @@ class PysklSTGCN(SkeletonModel):
         probes: dict[str, ActivationProbe] = {}
 
         def norm(prefix: str, amap: AxisMap) -> None:
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                bindings.append(TensorBinding(f"{prefix}.{p}", {0: amap}))
+            upstream.bn_binding(bindings, prefix, amap)
 
         def weight(name: str, source: AxisMap, target: AxisMap, folds: bool) -> None:
-            bindings.append(
-                TensorBinding(
-                    f"{name}.weight",
-                    {0: target, 1: source},
-                    prunable=True,
-                    source_axis=1,
-                    target_axis=0,
-                    bias=f"{name}.bias",
-                    folds_constant=folds,
-                )
-            )
-            bindings.append(TensorBinding(f"{name}.bias", {0: target}))
+            upstream.weight_binding(bindings, name, source, target, folds)
 
-        direct = AxisMap.direct
+        direct = upstream.direct
         prev, prev_w = "input", cfg.in_channels
         for i, spec in enumerate(cfg.blocks):
             pre, name = f"gcn.{i}", f"block{i}"
@@ -487,11 +454,14 @@ class PysklSTGCN(SkeletonModel):
                 probes[cat] = ActivationProbe(f"{pre}.tcn.transform.2", 1, input_of=True)
             norm(f"{pre}.tcn.bn", direct(out, spec["out"]))
             spaces.append(UnitSpace(out, spec["out"]))
-            if spec["residual"] == "conv":
-                weight(f"{pre}.residual.conv", direct(prev, prev_w), direct(out, spec["out"]), True)
-                norm(f"{pre}.residual.bn", direct(out, spec["out"]))
-            elif spec["residual"] == "identity":
-                links.append(Link.identity(prev, out, prev_w))
+            upstream.residual_bindings(
+                bindings,
+                links,
+                f"{pre}.residual",
+                spec["residual"],
+                (prev, prev_w),
+                (out, spec["out"]),
+            )
             probes[out] = ActivationProbe(pre, 1)
             prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))

@@ -6,19 +6,26 @@
 - :func:`conv`, a zero-width-safe convolution: compaction may empty a whole branch of a
   concatenation; upstream layers cannot run with zero channels, this returns what a zero-channel
   layer would;
-- shape checks of foreign state dicts (:func:`shape_of`, :func:`layout_for`).
+- the checks every block config makes (:func:`check_block_couplings`);
+- unit-graph bindings of convs and batch norms (:func:`weight_binding`, :func:`bn_binding`), and
+  of a block's residual (:func:`residual_bindings`);
+- shape checks of foreign state dicts (:func:`shape_of`, :func:`layout_for`), the stack-level
+  config of a 2s-AGCN-style file (:func:`stack_config`) and pyskl's renaming
+  (:func:`rename_pyskl`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.graph import AxisMap, Link, TensorBinding
 from gcnshrink.layouts import LAYOUT_BY_JOINTS, Layout, get_layout
+from gcnshrink.models.base import MAX_COUNT, MAX_WIDTH, check_choice, check_int, check_list
 
 
 # ---------------------------------------------------------------------------- graphs
@@ -60,6 +67,100 @@ def residual_kind(index: int, c_in: int, c_out: int, stride: int) -> str:
     if index == 0:
         return "none"
     return "identity" if c_in == c_out and stride == 1 else "conv"
+
+
+def check_blocks(
+    blocks: object, in_channels: int, check_one: Callable[[int, object, int], dict]
+) -> list[dict]:
+    """A config's ``blocks``: 1 to MAX_COUNT of them, block i checked by ``check_one(i, spec,
+    prev)`` where ``prev`` is the width before it."""
+    blocks = check_list("blocks", blocks)
+    if not 1 <= len(blocks) <= MAX_COUNT:
+        raise GcnshrinkError(f"blocks must list 1 to {MAX_COUNT} blocks, got {len(blocks)}")
+    checked, prev = [], in_channels
+    for i, spec in enumerate(blocks):
+        checked.append(check_one(i, spec, prev))
+        prev = checked[-1]["out"]
+    return checked
+
+
+def check_block_widths(i: int, spec: dict, downs: tuple[str, ...] = ("identity", "conv")) -> dict:
+    """``in``, ``mid``, ``out``, ``stride``, ``residual`` and ``down`` of block i, checked."""
+    block = {
+        key: check_int(f"blocks[{i}].{key}", spec[key], 1, MAX_WIDTH)
+        for key in ("in", "mid", "out")
+    }
+    block["stride"] = check_int(f"blocks[{i}].stride", spec["stride"], 1, 64)
+    block["residual"] = check_choice(
+        f"blocks[{i}].residual", spec["residual"], ("none", "identity", "conv")
+    )
+    block["down"] = check_choice(f"blocks[{i}].down", spec["down"], downs)
+    return block
+
+
+def check_block_couplings(i: int, block: dict, prev: int) -> None:
+    """What ties a block's widths together: its input is the previous output, an identity
+    residual keeps width and frame rate, an identity ``down`` branch keeps the width."""
+    if block["in"] != prev:
+        raise GcnshrinkError(f"blocks[{i}].in is {block['in']}, the width before it is {prev}")
+    if block["residual"] == "identity" and (block["in"] != block["out"] or block["stride"] != 1):
+        raise GcnshrinkError(
+            f"blocks[{i}] has an identity residual but changes the width or the frame rate"
+        )
+    if block["down"] == "identity" and block["in"] != block["mid"]:
+        raise GcnshrinkError(f"blocks[{i}] has an identity down branch but in != mid")
+
+
+# ---------------------------------------------------------------------------- unit graphs
+def direct(space: str, width: int) -> AxisMap:
+    return AxisMap.direct(space, width)
+
+
+def bn_binding(bindings: list[TensorBinding], prefix: str, amap: AxisMap) -> None:
+    """A batch norm's four per-channel tensors."""
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        bindings.append(TensorBinding(f"{prefix}.{p}", {0: amap}))
+
+
+def weight_binding(
+    bindings: list[TensorBinding],
+    name: str,
+    source: AxisMap,
+    target: AxisMap,
+    folds: bool,
+    bias: bool = True,
+) -> None:
+    """A prunable conv/linear weight (target axis 0, source axis 1) and its bias."""
+    bindings.append(
+        TensorBinding(
+            f"{name}.weight",
+            {0: target, 1: source},
+            prunable=True,
+            source_axis=1,
+            target_axis=0,
+            bias=f"{name}.bias" if bias else None,
+            folds_constant=folds,
+        )
+    )
+    if bias:
+        bindings.append(TensorBinding(f"{name}.bias", {0: target}))
+
+
+def residual_bindings(
+    bindings: list[TensorBinding],
+    links: list[Link],
+    prefix: str,
+    kind: str,
+    source: tuple[str, int],
+    target: tuple[str, int],
+) -> None:
+    """A block's residual from space ``source`` to ``target`` ((name, width) each): a 1×1 conv +
+    BN (``{prefix}.conv``, ``{prefix}.bn``) that folds constants, an identity link, or none."""
+    if kind == "conv":
+        weight_binding(bindings, f"{prefix}.conv", direct(*source), direct(*target), True)
+        bn_binding(bindings, f"{prefix}.bn", direct(*target))
+    elif kind == "identity":
+        links.append(Link.identity(source[0], target[0], source[1]))
 
 
 # ---------------------------------------------------------------------------- zero-width layers
@@ -115,6 +216,57 @@ def layout_for(
             f"{layout.persons}; pass a --layout with {persons} persons"
         )
     return layout
+
+
+def rename_pyskl(
+    state: Mapping[str, torch.Tensor], blocks: str, inner: Mapping[str, str], what: str
+) -> dict[str, torch.Tensor]:
+    """A pyskl backbone + GCNHead state dict (``backbone.`` stripped) onto the original
+    repository's keys: block ``{blocks}.{i}.*`` becomes ``l{i+1}.*`` with the key prefixes in
+    ``inner`` replaced (the longest first), ``cls_head.fc_cls.*`` becomes ``fc.*``, ``data_bn``
+    stays; the backbone's own ``A`` (the initial graph, unused by the forward pass) is dropped.
+    Any other key is one line naming it."""
+    renamed = {}
+    for key, value in state.items():
+        if key == "A":
+            continue
+        if key.startswith("data_bn."):
+            renamed[key] = value
+        elif key.startswith("cls_head.fc_cls."):
+            renamed["fc." + key.removeprefix("cls_head.fc_cls.")] = value
+        elif key.startswith(f"{blocks}.") and key.split(".")[1].isdigit():
+            _, index, rest = key.split(".", 2)
+            for old in sorted(inner, key=len, reverse=True):
+                if rest == old or rest.startswith(old if old.endswith(".") else old + "."):
+                    rest = inner[old] + rest[len(old) :]
+                    break
+            renamed[f"l{int(index) + 1}.{rest}"] = value
+        else:
+            raise GcnshrinkError(f"unsupported {what} key {'backbone.' + key!r}")
+    return renamed
+
+
+def stack_config(
+    state: Mapping[str, torch.Tensor],
+    blocks: list[dict],
+    layout: Layout | None,
+    num_classes: int | None,
+    what: str,
+) -> dict:
+    """The config of a 2s-AGCN-style stack (``data_bn`` of M·V·C, ``l1.gcn1.PA``, ``fc``) whose
+    blocks were read off the shapes: input channels, layout (persons from ``data_bn``), classes."""
+    if not blocks:
+        raise GcnshrinkError(f"no l1.gcn1.* block in the {what} checkpoint")
+    in_channels = blocks[0]["in"]
+    joints = shape_of(state, "l1.gcn1.PA", what)[-1]
+    length = shape_of(state, "data_bn.weight", what)[0]
+    persons = persons_from_data_bn(length, joints, in_channels, what)
+    return {
+        "num_classes": check_classes(shape_of(state, "fc.weight", what)[0], num_classes),
+        "layout": layout_for(joints, persons, layout, what).to_dict(),
+        "in_channels": in_channels,
+        "blocks": blocks,
+    }
 
 
 def check_classes(classes: int, num_classes: int | None) -> int:
