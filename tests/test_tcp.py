@@ -232,3 +232,101 @@ def test_projection_is_exact_when_every_trim_drags_more_than_the_excess(seed):
     budget = global_budget({n: s.numel() for n, s in scores.items()}, 0.999)
     assert sum(int(m.sum()) for m in masks.values()) == budget == 7
     assert topology_summary(g, masks)["inconsistent_connections"] == 0
+
+
+# ---------------------------------------------------------------------------- extreme rates
+def test_schedule_shrinks_the_kept_count_to_the_exact_budget():
+    """The gradual schedule starts at --gradual-from's budget, only shrinks, reaches the rate's
+    budget at --gradual of the fine-tune, and only then may an epoch be selected."""
+    model = gcn()
+    method = method_on(model, "tcp", 0.99, gradual=0.5, gradual_from=0.9)
+    assert method.current_budget == method.budget(0.9) > method.target_budget
+    seen = []
+    for progress in [0.0, 0.1, 0.2, 0.3, 0.4, 0.49, 0.5, 0.8, 1.0]:
+        method.on_step(progress)
+        seen.append(method.current_budget)
+        assert method.ready() == (progress >= 0.5)
+    assert seen == sorted(seen, reverse=True)
+    assert seen[-1] == method.target_budget
+    masks = method.masks_at(0.99)
+    assert sum(int(m.sum()) for m in masks.values()) == method.target_budget
+    assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0
+
+
+def test_no_schedule_trains_at_the_rate_from_the_first_step():
+    for options in ({}, {"gradual": 0.5, "gradual_from": 0.995}):
+        method = method_on(gcn(), "tcp", 0.99, **options)
+        assert method.current_budget == method.target_budget and method.ready()
+
+
+def test_schedule_position_survives_a_checkpoint_of_the_method_state():
+    method = method_on(gcn(), "tcp", 0.99, gradual=0.5)
+    method.on_step(0.3)
+    state = method.state_dict()
+    again = method_on(gcn(), "tcp", 0.99, gradual=0.5)
+    again.load_state_dict(state)
+    assert again.current_budget == method.current_budget < again.budget(0.9)
+
+
+@pytest.mark.parametrize(
+    "options", [{"gradual": 1.5}, {"gradual": float("nan")}, {"gradual_from": 1.0}]
+)
+def test_bad_schedule_options_are_refused(options):
+    from gcnshrink.errors import GcnshrinkError
+
+    with pytest.raises(GcnshrinkError, match="--gradual"):
+        create_method("tcp", PruneSpec((0.99,)), options)
+
+
+def test_rescale_gives_each_unit_back_the_norm_of_its_incoming_weights():
+    model = gcn(2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = method_on(model, "tcp", 0.99, rescale=True)
+    masks = method.masks_at(0.99)
+    graph = model.unit_graph()
+    for name, w in method.latent().items():
+        axis = graph.binding_by_name[name].target_axis
+        dims = [d for d in range(w.dim()) if d != axis]
+        keep = masks[name]
+        full = before[name].pow(2).sum(dim=dims).sqrt()
+        kept = (w.detach() * keep).pow(2).sum(dim=dims).sqrt()
+        has = keep.sum(dim=dims) > 0
+        torch.testing.assert_close(kept[has], full[has])
+        # pruned entries are left as they were
+        torch.testing.assert_close(w.detach()[~keep], before[name][~keep])
+
+
+def test_default_gcn_keeps_a_connected_path_at_0_999_through_the_schedule():
+    """Structure, not accuracy: on the full-size default gcn, every mask tcp trains with and the
+    one it ships at 0.999 connect the input to the output, with nothing inconsistent."""
+    from gcnshrink.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gcn", layout="hand21", num_classes=14)
+    method = method_on(model, "tcp", 0.999, gradual=0.5)
+    graph = model.unit_graph()
+    for progress in [0.0, 0.25, 0.5, 1.0]:
+        method.on_step(progress)
+        trained = {k: v.detach() > 0 for k, v in method.controller.current.items()}
+        assert bool(accessible(graph, trained)["classes"].any()), progress
+    masks = method.masks_at(0.999)
+    assert sum(int(m.sum()) for m in masks.values()) == method.target_budget
+    assert bool(accessible(graph, masks)["classes"].any())
+    assert topology_summary(graph, masks)["inconsistent_connections"] == 0
+
+
+def test_steering_zero_leaves_the_budget_to_the_weights_that_carry_signal():
+    """--steering 0: gcn's query/key weights (they only steer attention) are kept only after every
+    weight on the signal path, so at 0.99 none is; the masks stay exact and consistent."""
+    from gcnshrink.pruning.tcp import steering_tensors
+
+    model = gcn()
+    steering = steering_tensors(model.unit_graph())
+    assert steering == {f"blocks.{b}.{p}.weight" for b in range(3) for p in ("query", "key")}
+    shared = method_on(gcn(), "tcp", 0.99, steering=1.0).masks_at(0.99)
+    assert sum(int(shared[n].sum()) for n in steering) > 0
+    method = method_on(model, "tcp", 0.99, steering=0.0)
+    masks = method.masks_at(0.99)
+    assert sum(int(masks[n].sum()) for n in steering) == 0
+    assert sum(int(m.sum()) for m in masks.values()) == method.target_budget
+    assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0

@@ -26,6 +26,17 @@ What is implemented (docs/methods.md has the reasoning):
    (:func:`gcnshrink.graph.projection.consistent_budget_masks`) of the trained subnetwork, ranked
    first, then of the other weights by score: exactly c entries, all consistent.
 
+Extreme rates (0.995-0.999, docs/methods.md and benchmarks/tcp_extreme.py): the projection of the
+dense weights is at chance before any fine-tune, so the fine-tune retrains the subnetwork rather
+than adjusts it, and what limits it is how many units the budget keeps on the signal path.
+``steering`` scales down the scores of query/key weights (which only steer attention) in every
+projection, leaving more of the budget to the value, fc and classifier weights. Two alternatives
+are kept as options because they were measured: ``gradual`` (the kept count shrinks geometrically
+from ``gradual_from``'s budget to the rate's over that fraction of the fine-tune, re-projecting
+the trained subnetwork every 20 %; no epoch is selected before the rate is reached) and
+``rescale`` (each unit's kept incoming weights scaled back to the norm of all its incoming
+weights at every projection).
+
 Attention projections (query/key) steer the aggregation rather than carry channels. They are in the
 budget like any weight; a query/key entry is consistent when its source unit is accessible and the
 head it steers has a co-accessible output unit (steering links carry co-accessibility back, not
@@ -139,6 +150,18 @@ class ConsistentMask(MaskParametrization):
         return self.controller.current[self.name]
 
 
+def steering_tensors(graph: UnitGraph) -> set[str]:
+    """Prunable tensors whose target units pass no signal on (no weight reads them, no
+    signal-carrying link leaves them) and are not outputs: attention queries and keys."""
+    carrying = {b.source for b in graph.prunable}
+    carrying |= {link.source for link in graph.links if link.semantics.carries_signal}
+    return {
+        b.name
+        for b in graph.prunable
+        if b.target not in carrying and graph.space_by_name[b.target].role != "output"
+    }
+
+
 # ---------------------------------------------------------------------------- the methods
 @dataclass
 class ProjectionOptions:
@@ -161,11 +184,12 @@ class ConsistentProjection(PruningMethod):
             if b.name not in names
         }
 
-    def project(self, scores: dict[str, torch.Tensor], rate: float, k_hint=None):
+    def project(self, scores: dict[str, torch.Tensor], budget: int, k_hint=None):
+        """Exactly ``budget`` consistent entries, preferring high ``scores``."""
         return consistent_budget_masks(
             self.graph,
             scores,
-            self.budget(rate),
+            budget,
             per_tensor_ranks=self.spec.scope == "layer",
             dense_masks=self.dense_masks(),
             k_hint=k_hint,
@@ -173,7 +197,8 @@ class ConsistentProjection(PruningMethod):
 
     def projected_masks(self, rate: float) -> dict[str, torch.Tensor]:
         """The exact consistent projection of the latent weights' scores."""
-        return self.project(score_weights(self.latent(), self.options.score), rate)
+        scores = score_weights(self.latent(), self.options.score)
+        return self.project(scores, self.budget(rate))
 
 
 @dataclass
@@ -185,12 +210,39 @@ class TCPOptions(ProjectionOptions):
     temperature_end: float = option(
         0.03, "Sigmoid temperature at the end (annealed geometrically)."
     )
+    steering: float = option(
+        1.0,
+        "Factor on the scores of weights that only steer attention (query/key: no signal leaves "
+        "their units) in the projection, global scope; below 1 they take less of the budget "
+        "(0 measured better at 0.998 and above, docs/methods.md).",
+    )
+    rescale: bool = option(
+        False,
+        "Scale each unit's kept incoming weights, whenever the mask is projected, so their norm "
+        "is that of all its incoming weights.",
+    )
+    gradual: float = option(
+        0.0,
+        "Fraction of the fine-tune over which the kept count shrinks geometrically from "
+        "--gradual-from's budget to the rate's (0: the rate from the first step).",
+    )
+    gradual_from: float = option(
+        0.9, "Rate the gradual schedule starts from (no schedule when it is not below the rate)."
+    )
 
     def __post_init__(self) -> None:
         for key in ("budget_weight", "temperature_start", "temperature_end"):
             if not getattr(self, key) > 0:
                 flag = key.replace("_", "-")
                 raise GcnshrinkError(f"--{flag} must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.steering <= 1.0:
+            raise GcnshrinkError(f"--steering must be between 0 and 1, got {self.steering}")
+        if not 0.0 <= self.gradual <= 1.0:  # also refuses NaN
+            raise GcnshrinkError(f"--gradual must be between 0 and 1, got {self.gradual}")
+        if not 0.0 <= self.gradual_from < 1.0:
+            raise GcnshrinkError(
+                f"--gradual-from must be a rate in [0, 1), got {self.gradual_from}"
+            )
 
 
 @register_method
@@ -200,9 +252,50 @@ class TopologicallyConsistentPruning(ConsistentProjection):
 
     def setup(self) -> None:
         rate = self.spec.rate
-        masks = self.projected_masks(rate)
         self.target_budget = self.budget(rate)
-        # τ_t: just below tensor t's smallest kept magnitude, so training starts from the projection
+        # the gradual schedule: the kept count shrinks from start_budget to target_budget
+        start = self.options.gradual_from
+        ramps = self.options.gradual > 0 and start < rate
+        self.start_budget = max(self.budget(start), self.target_budget) if ramps else None
+        self.current_budget = self.start_budget or self.target_budget
+        masks = self.project(self.scores(), self.current_budget)
+        if self.options.rescale:
+            self.rescale(masks)
+        latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
+        self.controller = TopologyController(
+            self.graph, self.targets, latent_all, {}, self.options.temperature_start
+        )
+        self.controller.thresholds = self.thresholds_of(masks)
+        for b in self.targets:
+            self.register(b.name, ConsistentMask(self.controller, b.name))
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        """The projection's ranking: LAMP (or magnitude), steering-only tensors scaled down (with
+        one global budget; with ``--scope layer`` every tensor keeps its own share anyway)."""
+        scores = score_weights(self.latent(), self.options.score)
+        scaled = steering_tensors(self.graph) if self.spec.scope == "global" else set()
+        for name in scaled & set(scores):
+            scores[name] = scores[name] * self.options.steering
+        return scores
+
+    def rescale(self, masks: dict[str, torch.Tensor]) -> None:
+        """Multiply the kept incoming weights of each target position by ‖W_row‖ / ‖W_row ⊙ M_row‖
+        (in place, on the latent weights): at 0.995 the projection keeps a few of the thousands of
+        weights feeding a unit, whose pre-activation is then little more than its bias. Measured
+        not to help (docs/methods.md, "Extreme rates"), so off by default."""
+        bindings = self.graph.binding_by_name
+        with torch.no_grad():
+            for name, w in self.latent().items():
+                axis = bindings[name].target_axis
+                keep = masks[name].to(device=w.device, dtype=w.dtype)
+                dims = [d for d in range(w.dim()) if d != axis]
+                full = w.pow(2).sum(dim=dims, keepdim=True).sqrt()
+                kept = (w * keep).pow(2).sum(dim=dims, keepdim=True).sqrt()
+                factor = torch.where(kept > 0, full / kept.clamp(min=1e-12), torch.ones_like(kept))
+                w.mul_(torch.where(keep > 0, factor, torch.ones_like(w)))
+
+    def thresholds_of(self, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+        """τ_t just below tensor t's smallest kept magnitude, so the trained mask is ``masks``."""
         thresholds = {}
         for name, w in self.latent().items():
             magnitudes = w.detach().abs().reshape(-1)
@@ -211,31 +304,50 @@ class TopologicallyConsistentPruning(ConsistentProjection):
                 thresholds[name] = max(float(kept.min()) * 0.999, 1e-12)
             else:  # nothing kept: the threshold sits just above the largest weight
                 thresholds[name] = max(float(magnitudes.max()) * 1.001, 1e-12)
-        latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
-        self.controller = TopologyController(
-            self.graph, self.targets, latent_all, thresholds, self.options.temperature_start
-        )
-        for b in self.targets:
-            self.register(b.name, ConsistentMask(self.controller, b.name))
+        return thresholds
+
+    def scheduled_budget(self, progress: float) -> int:
+        """The kept count the schedule asks for at ``progress``: geometric from the start budget
+        to the target, reached at ``gradual`` of the fine-tune."""
+        if self.start_budget is None:
+            return self.target_budget
+        q = min(max(progress, 0.0) / self.options.gradual, 1.0)
+        kept = self.start_budget * (self.target_budget / self.start_budget) ** q
+        return max(self.target_budget, round(kept))
 
     def on_step(self, progress: float) -> None:
         start, end = self.options.temperature_start, self.options.temperature_end
         self.controller.temperature = start * (end / start) ** min(max(progress, 0.0), 1.0)
+        wanted = self.scheduled_budget(progress)
+        # re-project when the schedule has moved 20 % (each projection costs about a second on
+        # the default gcn), and exactly at its end
+        if wanted < self.current_budget and (
+            wanted <= 0.8 * self.current_budget or wanted == self.target_budget
+        ):
+            self.current_budget = wanted
+            masks = self.trained_first_projection(wanted)
+            if self.options.rescale:
+                self.rescale(masks)
+            self.controller.thresholds = self.thresholds_of(masks)
         self.controller.compute()  # the masks this step's forward pass and budget term use
+
+    def ready(self) -> bool:
+        """Selectable once the schedule has reached the rate."""
+        return self.current_budget == self.target_budget
+
+    def status(self) -> str:
+        # the delivered masks always hold exactly the budget; the trained mask is near it
+        return f"trained mask {self.consistent_count():,} / budget {self.current_budget:,}"
 
     def loss(self) -> torch.Tensor:
         if not self.controller.current:
             self.controller.compute()
         kept = sum(m.sum() for m in self.controller.current.values())
         weight = self.options.budget_weight
-        return weight * ((kept - self.target_budget) / self.target_budget) ** 2
+        return weight * ((kept - self.current_budget) / self.current_budget) ** 2
 
     def consistent_count(self) -> int:
         return int(sum(float(m.detach().sum()) for m in self.controller.current.values()))
-
-    def status(self) -> str:
-        # the delivered masks always hold exactly the budget; the trained mask is near it
-        return f"trained mask {self.consistent_count():,} / budget {self.target_budget:,}"
 
     def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:
         """The exact-budget projection of the subnetwork the fine-tune trained.
@@ -246,9 +358,12 @@ class TopologicallyConsistentPruning(ConsistentProjection):
         by latent score instead swaps out part of the trained subnetwork: 7-16 points of test
         accuracy lost at 0.99 on synthetic:hands (benchmarks/tcp_ablations.py).
         """
+        return self.trained_first_projection(self.budget(rate))
+
+    def trained_first_projection(self, budget: int) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             trained = self.controller.compute()
-        scores = score_weights(self.latent(), self.options.score)
+        scores = self.scores()
         lead = max(float(s.max()) for s in scores.values()) + 1.0
         preferred, trained_count = {}, 0
         for name, s in scores.items():
@@ -259,17 +374,19 @@ class TopologicallyConsistentPruning(ConsistentProjection):
             )
             preferred[name] = s + lead * in_trained.to(s.dtype)
             trained_count += int(in_trained.sum())
-        return self.project(preferred, rate, k_hint=trained_count)
+        return self.project(preferred, budget, k_hint=trained_count)
 
     def state_dict(self) -> dict:
         return {
             "thresholds": dict(self.controller.thresholds),
             "temperature": self.controller.temperature,
+            "current_budget": self.current_budget,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.thresholds = {k: float(v) for k, v in state["thresholds"].items()}
         self.controller.temperature = float(state["temperature"])
+        self.current_budget = int(state.get("current_budget", self.target_budget))
 
 
 @register_method
