@@ -17,6 +17,13 @@ Then measure
 
     python benchmarks/ctf.py                 # rates 0.5, 0.7, 0.9, 0.95; gcn and stgcn (base 64)
     python benchmarks/ctf.py --quick         # a smoke run: small stgcn, few epochs, two rates
+    python benchmarks/ctf.py --align-compare 8 --work W   # compaction with and without --align 8
+    python benchmarks/ctf.py --profile STEM,STEM --work W # onnxruntime time per operator
+    python benchmarks/ctf.py --align-study   # dense stgcn at base widths 12..20
+
+Single methods or rates can run side by side, each in its own ``--work``; ``--import-work``
+adds their results to one folder and ``--measure-only`` times what is there without pruning
+more; ``--combine a.json,b.json`` merges per-architecture results into one report.
 
 Pruned results are kept in ``--work`` (default: a folder under the system temp dir), so an
 interrupted run resumes where it stopped. Writes ``--out``.json and .md (default
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import tempfile
 import time
@@ -152,11 +160,33 @@ def method_spec(method: str) -> tuple[str, dict]:
     return name, options
 
 
+def import_work(work: Path, folders: list[str], records: list[dict]) -> list[dict]:
+    """Add the pruned results of other ``--work`` folders (runs of single methods or rates side by
+    side, from the same dense checkpoint) to this one: their records and their files."""
+    done = {(r["arch"], r["seed"], r["method"], r["rate"]) for r in records}
+    for folder in map(Path, folders):
+        for r in json.loads((folder / "records.json").read_text()):
+            key = (r["arch"], r["seed"], r["method"], r["rate"])
+            if r["method"] == "dense" or key in done:
+                continue
+            tag = f"{r['arch']}-s{r['seed']}-{r['method'].replace(':', '_').replace(';', '_')}"
+            for suffix in (".onnx", ".pt"):
+                source = folder / f"{tag}-{r['rate']:g}{suffix}"
+                if source.exists():
+                    shutil.copyfile(source, work / source.name)
+            records.append(r)
+            done.add(key)
+    return records
+
+
 def run(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     partial = work / "records.json"
     records = json.loads(partial.read_text()) if partial.exists() else []
+    if args.import_work:
+        records = import_work(work, args.import_work.split(","), records)
+        partial.write_text(json.dumps(records, indent=1))
     done = {(r["arch"], r["seed"], r["method"], r["rate"]) for r in records}
     methods = args.methods.split(",")
     rates = [float(r) for r in args.rates.split(",")]
@@ -194,9 +224,12 @@ def run(args) -> dict:
             for rate in rates:
                 for method in methods:
                     tag = f"{arch}-s{seed}-{method.replace(':', '_').replace(';', '_')}-{rate:g}"
-                    onnx_paths[(method, rate)] = work / f"{tag}.onnx"
                     if (arch, seed, method, rate) in done:
+                        onnx_paths[(method, rate)] = work / f"{tag}.onnx"
                         continue
+                    if args.measure_only:  # time what the side-by-side runs finished
+                        continue
+                    onnx_paths[(method, rate)] = work / f"{tag}.onnx"
                     name, options = method_spec(method)
                     outcome = api.prune(
                         ckpt,
@@ -211,6 +244,8 @@ def run(args) -> dict:
                         **options,
                     )
                     s = outcome.summary
+                    # kept for --align-compare: compaction with and without width alignment
+                    save_checkpoint(outcome.checkpoint, work / f"{tag}.pt", force=True)
                     record = {
                         "arch": arch,
                         "data": case["data"],
@@ -262,10 +297,9 @@ def mean(values):
     return statistics.mean(values) if values else float("nan")
 
 
-def render(result: dict) -> str:
-    a = result["args"]
+def command_of(a: dict) -> str:
     quick = " --quick" if a["quick"] else ""
-    command = (
+    return (
         f"python benchmarks/ctf.py{quick} --archs {a['archs']} --gcn-data {a['gcn_data']} "
         f"--stgcn-data {a['stgcn_data']} --stgcn-width {a['stgcn_width']} "
         f"--gcn-epochs {a['gcn_epochs']} --stgcn-epochs {a['stgcn_epochs']} "
@@ -273,9 +307,21 @@ def render(result: dict) -> str:
         f"--lr {a['lr']:g} --rates {a['rates']} "
         f"--methods {shlex.quote(a['methods'])} --seeds {a['seeds']} --rounds {a['rounds']} "
         f"--threads {a['threads']} --ort-threads {a['ort_threads']}"
+        + (f" --import-work {a['import_work']}" if a.get("import_work") else "")
+        + (" --measure-only" if a.get("measure_only") else "")
     )
+
+
+def render(result: dict) -> str:
+    a = result["args"]
+    commands = [f"Command: `{command_of(a)}`"]
+    if result.get("parts"):  # run side by side, one architecture each, then merged
+        commands = [
+            f"Command: `{command_of(part)}` (--work {part['work']})" for part in result["parts"]
+        ]
+        commands.append(f"Merged: `python benchmarks/ctf.py --combine {a['combine']} --out OUT`")
     lines = [
-        f"Command: `{command}`",
+        *commands,
         "",
         f"Dense training {a['gcn_epochs']} (gcn) / {a['stgcn_epochs']} (stgcn) epochs; every "
         f"method fine-tuned {a['finetune']} (gcn) / {a['stgcn_finetune'] or a['finetune']} "
@@ -289,6 +335,14 @@ def render(result: dict) -> str:
         "entries.",
     ]
     recs, lat = result["records"], result["latency"]
+    reused = sorted({r["reused_from"] for r in recs if r.get("reused_from")})
+    if reused:  # resumed from records of an earlier run in the same --work folder
+        lines.append(
+            "† accuracy, parameters, FLOPs and removed-by of this row come from another run "
+            "(its record's `reused_from`: "
+            + " / ".join(reused)
+            + "); its latency was measured in this run, interleaved with the others."
+        )
     for arch in dict.fromkeys(r["arch"] for r in recs):
         mine = [r for r in recs if r["arch"] == arch]
         dense = [r for r in mine if r["method"] == "dense"]
@@ -326,6 +380,7 @@ def render(result: dict) -> str:
                 if not rs:
                     continue
                 acc = mean([r["accuracy"] for r in rs])
+                mark = " †" if any(r.get("reused_from") for r in rs) else ""
                 flops = mean([r["flops"] for r in rs])
                 key = f"{method}@{rate:g}"
                 b1, b32 = ms(key, 1), ms(key, 32)
@@ -334,7 +389,7 @@ def render(result: dict) -> str:
                     for g in ("channels", "rows", "columns", "entries")
                 }
                 lines.append(
-                    f"| {rate:g} | {method} | {acc:.1%} | {(acc - dense_acc) * 100:+.1f} pp | "
+                    f"| {rate:g} | {method}{mark} | {acc:.1%} | {(acc - dense_acc) * 100:+.1f} pp | "
                     f"{mean([r['params'] for r in rs]):,.0f} | {flops / 1e6:,.2f} | "
                     f"{dense_flops / flops:.2f} | {b1:.3f} | {d1 / b1:.2f} | {b32:.2f} | "
                     f"{d32 / b32:.2f} | "
@@ -400,107 +455,205 @@ def render_alignment(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compacted_stgcn_config(record: dict, in_channels: int, num_classes: int, layout) -> dict:
-    """The config of a compacted stgcn, from the widths its record keeps."""
-    from gcnshrink.models.stgcn import default_blocks
-
-    widths = record["widths"]
-    blocks, prev = [], in_channels
-    for i, spec in enumerate(default_blocks(in_channels, record["config"]["base_width"])):
-        out = widths[f"block{i}.out"][1]
-        blocks.append({**spec, "in": prev, "mid": widths[f"block{i}.gcn"][1], "out": out})
-        prev = out
-    return {
-        "num_classes": num_classes,
-        "layout": layout,
-        "in_channels": in_channels,
-        "base_width": record["config"]["base_width"],
-        "blocks": blocks,
-    }
-
-
-def aligned(config: dict, n: int) -> dict:
-    """Every block width rounded up to a multiple of ``n`` (never above the dense width)."""
-    full = {}
-    from gcnshrink.models.stgcn import default_blocks
-
-    dense = default_blocks(config["in_channels"], config["base_width"])
-    blocks, prev = [], config["in_channels"]
-    for spec, top in zip(config["blocks"], dense, strict=True):
-        mid = min(-(-spec["mid"] // n) * n, top["mid"])
-        out = min(-(-spec["out"] // n) * n, top["out"])
-        blocks.append({**spec, "in": prev, "mid": mid, "out": out})
-        prev = out
-    full.update(config, blocks=blocks)
-    return full
-
-
-def alignment_proxy(args) -> dict:
-    """What ``--align N`` would buy on the compacted stgcn models of a finished run: each one
-    against the same architecture with every width rounded up to a multiple of N (extra units
-    kept, as compaction keeps any removable unit exactly), timed interleaved."""
+def align_compare(args) -> dict:
+    """Does ``--align N`` pay? Every pruned checkpoint of a finished run (``--work``) compacted
+    as pruned and with ``align=N`` (the same logits: restored units keep their pruned weights),
+    both exported to ONNX and timed interleaved on real test inputs at batch 1 and 32."""
     work = Path(args.work)
     records = json.loads((work / "records.json").read_text())
-    data = load_data(args.stgcn_data)
-    n = args.align_proxy
+    n = args.align_compare
     paths, facts = {}, {}
+    by_arch = {}
     for r in records:
-        if r["arch"] != "stgcn" or r["method"] == "dense":
+        if r["method"] == "dense":
             continue
-        key = f"{r['method']}@{r['rate']:g}"
-        config = compacted_stgcn_config(r, data.in_channels, data.num_classes, data.layout)
-        for tag, cfg in (("compact", config), (f"align{n}", aligned(config, n))):
-            torch.manual_seed(0)
-            model = create_model("stgcn", **cfg).eval()
-            path = work / f"proxy-{key.replace(':', '_').replace(';', '_')}-{tag}.onnx"
-            export_onnx(model, data.x_val[:2], path, force=True)
-            paths[(key, tag)] = path
-            facts[(key, tag)] = {
-                "flops": count_flops(model, data.x_val.shape[2]),
-                "widths": [b["out"] for b in cfg["blocks"]],
+        tag = f"{r['arch']}-s{r['seed']}-{r['method'].replace(':', '_').replace(';', '_')}"
+        pruned = work / f"{tag}-{r['rate']:g}.pt"
+        if not pruned.exists():
+            continue
+        if r["arch"] not in by_arch:
+            by_arch[r["arch"]] = load_data(r["data"], seed=r["seed"])
+        data = by_arch[r["arch"]]
+        model = load_checkpoint(pruned).build_model().eval()
+        key = f"{r['arch']} {r['method']}@{r['rate']:g}"
+        for align in (1, n):
+            result = compact_model(model, data.x_val[: args.calibration], align=align)
+            path = work / f"{tag}-{r['rate']:g}-align{align}.onnx"
+            export_onnx(result.model, data.x_val[:2], path, force=True)
+            paths[(key, align)] = path
+            facts[(key, align)] = {
+                "arch": r["arch"],
+                "flops": count_flops(result.model, data.x_val.shape[2]),
+                "params": result.params_after,
+                "off_multiple": sum(
+                    1
+                    for name, s in result.spaces.items()
+                    if s.role == "hidden" and s.width_after % n and s.width_after != s.width_before
+                ),
+                "restored": sum(
+                    len(s.kept_notes.get("restored to align the width", []))
+                    for s in result.spaces.values()
+                ),
+                "relative_diff": result.relative_diff,
             }
     rows = []
-    for batch in (1, 32):
-        medians = interleaved_latency_ms(
-            {f"{k}|{t}": p for (k, t), p in paths.items()},
-            data.x_test[:batch].numpy(),
-            args.rounds,
-            args.ort_threads,
-        )
-        for name, ms in medians.items():
-            key, tag = name.split("|")
-            rows.append({"model": key, "tag": tag, "batch": batch, "ms": ms, **facts[(key, tag)]})
+    for arch, data in by_arch.items():
+        mine = {f"{k}|{a}": p for (k, a), p in paths.items() if facts[(k, a)]["arch"] == arch}
+        for batch in (1, 32):
+            medians = interleaved_latency_ms(
+                mine, data.x_test[:batch].numpy(), args.rounds, args.ort_threads
+            )
+            for name, ms in medians.items():
+                key, align = name.split("|")
+                fact = facts[(key, int(align))]
+                rows.append({"model": key, "align": int(align), "batch": batch, "ms": ms, **fact})
     return {"args": vars(args), "rows": rows}
 
 
-def render_alignment_proxy(result: dict) -> str:
+def render_align_compare(result: dict) -> str:
     a = result["args"]
-    n = a["align_proxy"]
+    n = a["align_compare"]
     lines = [
-        f"Command: `python benchmarks/ctf.py --align-proxy {n} --work WORK --stgcn-data "
-        f"{a['stgcn_data']} --rounds {a['rounds']} --ort-threads {a['ort_threads']}` (WORK: the "
-        "folder of the main run)",
+        f"Command: `python benchmarks/ctf.py --align-compare {n} --work WORK --rounds "
+        f"{a['rounds']} --ort-threads {a['ort_threads']}` (WORK: the folder of a main run, which "
+        "keeps every pruned checkpoint)",
         "",
-        f"Each compacted stgcn of the main run against the same model with every width rounded up "
-        f"to a multiple of {n} (random weights: latency does not depend on them), onnxruntime "
-        f"CPU, interleaved, median of {a['rounds']} rounds. ×: compact ms / aligned ms (> 1: "
-        "alignment is faster).",
+        f"Each pruned model compacted as pruned and with `--align {n}` (every width a multiple of "
+        f"{n} or the dense width; the logits are the same), onnxruntime CPU, both interleaved "
+        f"with the other models of the architecture, median of {a['rounds']} rounds. Off-"
+        f"multiple: hidden spaces whose compacted width is no multiple of {n}; ×: as pruned ms / "
+        "aligned ms (> 1: alignment is faster).",
         "",
-        "| model | out widths compact → aligned | MFLOPs compact → aligned | b1 ms | b1 × | "
-        "b32 ms | b32 × |",
-        "|---|---|---|---|---|---|---|",
+        "| model | off-multiple | restored units | params | MFLOPs | b1 ms | b1 × | b32 ms | b32 × |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["model"], r["tag"], r["batch"]): r for r in result["rows"]}
+    by = {(r["model"], r["align"], r["batch"]): r for r in result["rows"]}
     for key in dict.fromkeys(r["model"] for r in result["rows"]):
-        c1, a1 = by[(key, "compact", 1)], by[(key, f"align{n}", 1)]
-        c32, a32 = by[(key, "compact", 32)], by[(key, f"align{n}", 32)]
+        p1, a1 = by[(key, 1, 1)], by[(key, n, 1)]
+        p32, a32 = by[(key, 1, 32)], by[(key, n, 32)]
         lines.append(
-            f"| {key} | {c1['widths']} → {a1['widths']} | {c1['flops'] / 1e6:,.1f} → "
-            f"{a1['flops'] / 1e6:,.1f} | {c1['ms']:.3f} → {a1['ms']:.3f} | "
-            f"{c1['ms'] / a1['ms']:.2f} | {c32['ms']:.2f} → {a32['ms']:.2f} | "
-            f"{c32['ms'] / a32['ms']:.2f} |"
+            f"| {key} | {p1['off_multiple']} → {a1['off_multiple']} | {a1['restored']} | "
+            f"{p1['params']:,} → {a1['params']:,} | {p1['flops'] / 1e6:,.2f} → "
+            f"{a1['flops'] / 1e6:,.2f} | {p1['ms']:.3f} → {a1['ms']:.3f} | "
+            f"{p1['ms'] / a1['ms']:.2f} | {p32['ms']:.2f} → {a32['ms']:.2f} | "
+            f"{p32['ms'] / a32['ms']:.2f} |"
         )
+    ratios = {
+        b: [by[(k, 1, b)]["ms"] / by[(k, n, b)]["ms"] for k, _, bb in by if bb == b]
+        for b in (1, 32)
+    }
+    lines += [
+        "",
+        "Median × over all models: "
+        + ", ".join(f"batch {b}: {statistics.median(v):.2f}" for b, v in ratios.items() if v),
+    ]
     return "\n".join(lines) + "\n"
+
+
+def profile(args) -> dict:
+    """Where does onnxruntime spend the time of a compacted model? ``--profile`` names ONNX files
+    of ``--work`` (stems, e.g. ``stgcn-s0-dense,stgcn-s0-ctf-0.9``); each runs ``--rounds`` times
+    at batch 1 and 32 with onnxruntime's profiler, and the node times are summed per operator
+    type (median run)."""
+    import onnxruntime as ort
+
+    work = Path(args.work)
+    data = load_data(args.stgcn_data if "stgcn" in args.profile else args.gcn_data)
+    rows = []
+    for stem in args.profile.split(","):
+        path = work / f"{stem}.onnx"
+        for batch in (1, 32):
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.intra_op_num_threads = max(args.ort_threads, 1)
+            options.inter_op_num_threads = 1
+            options.enable_profiling = True
+            options.profile_file_prefix = str(work / f"profile-{stem}-b{batch}")
+            session = ort.InferenceSession(
+                read_onnx(path)[0], options, providers=["CPUExecutionProvider"]
+            )
+            name = session.get_inputs()[0].name
+            x = np.ascontiguousarray(data.x_test[:batch].numpy(), dtype=np.float32)
+            for _ in range(3 + args.rounds):
+                session.run(None, {name: x})
+            trace = json.loads(Path(session.end_profiling()).read_text())
+            runs: list[dict[str, float]] = []
+            for event in trace:
+                if event.get("cat") == "Session" and event.get("name") == "model_run":
+                    runs.append({})
+                elif event.get("cat") == "Node" and runs and event["name"].endswith("_kernel_time"):
+                    op = event.get("args", {}).get("op_name", "?")
+                    runs[-1][op] = runs[-1].get(op, 0.0) + event["dur"] / 1000.0
+            runs = runs[3:]  # warm-up
+            ops = sorted({op for run in runs for op in run})
+            for op in ops:
+                rows.append(
+                    {
+                        "model": stem,
+                        "batch": batch,
+                        "op": op,
+                        "ms": statistics.median(run.get(op, 0.0) for run in runs),
+                    }
+                )
+    return {"args": vars(args), "rows": rows}
+
+
+def render_profile(result: dict) -> str:
+    a = result["args"]
+    lines = [
+        f"Command: `python benchmarks/ctf.py --profile {a['profile']} --work WORK --rounds "
+        f"{a['rounds']} --ort-threads {a['ort_threads']}`",
+        "",
+        "onnxruntime CPU profiler: kernel time per operator type, median over "
+        f"{a['rounds']} runs (ms); runs are not interleaved (a profile, not a latency benchmark).",
+    ]
+    for batch in (1, 32):
+        mine = [r for r in result["rows"] if r["batch"] == batch]
+        models = list(dict.fromkeys(r["model"] for r in mine))
+        ops = sorted(
+            {r["op"] for r in mine},
+            key=lambda op: -max(r["ms"] for r in mine if r["op"] == op),
+        )
+        by = {(r["model"], r["op"]): r["ms"] for r in mine}
+        lines += [
+            "",
+            f"Batch {batch}:",
+            "",
+            "| op | " + " | ".join(models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
+        for op in ops:
+            lines.append(
+                f"| {op} | " + " | ".join(f"{by.get((m, op), 0.0):.3f}" for m in models) + " |"
+            )
+        totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
+        lines.append("| total | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def combine(paths: list[str]) -> dict:
+    """One result from runs on different architectures (run side by side): each architecture's
+    settings come from the run that measured it."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    args = dict(parts[0]["args"])
+    for part in parts:
+        a = part["args"]
+        archs = a["archs"].split(",")
+        if "gcn" in archs:
+            args.update({k: a[k] for k in ("gcn_data", "gcn_epochs", "finetune")})
+        if "stgcn" in archs:
+            keys = ("stgcn_data", "stgcn_width", "stgcn_epochs")
+            args.update(
+                {k: a[k] for k in keys}, stgcn_finetune=a["stgcn_finetune"] or a["finetune"]
+            )
+    args["archs"] = ",".join(p["args"]["archs"] for p in parts)
+    args["combine"] = ",".join(paths)
+    return {
+        "args": args,
+        "parts": [p["args"] for p in parts],
+        "records": [r for p in parts for r in p["records"]],
+        "latency": [x for p in parts for x in p["latency"]],
+    }
 
 
 def main() -> None:
@@ -540,10 +693,30 @@ def main() -> None:
     )
     parser.add_argument("--align-widths", default="12-20", help="base widths, lo-hi")
     parser.add_argument(
-        "--align-proxy",
+        "--align-compare",
         type=int,
         default=0,
-        help="instead: time the compacted stgcn models of --work against widths rounded up to N",
+        help="instead: time the pruned models of --work compacted as pruned and with --align N",
+    )
+    parser.add_argument(
+        "--import-work",
+        default=None,
+        help="comma-separated --work folders of side-by-side runs: add their results first",
+    )
+    parser.add_argument(
+        "--measure-only",
+        action="store_true",
+        help="prune nothing: time and report the results already in --work",
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="instead: onnxruntime profile per operator of these ONNX stems of --work",
+    )
+    parser.add_argument(
+        "--combine",
+        default=None,
+        help="instead: merge comma-separated result .json files (one per arch) into --out",
     )
     parser.add_argument("--work", default=None, help="folder for checkpoints and ONNX files")
     parser.add_argument("--out", default=str(RESULTS / "ctf"))
@@ -563,11 +736,25 @@ def main() -> None:
     if args.work is None:
         args.work = str(Path(tempfile.gettempdir()) / f"gcnshrink-{Path(args.out).name}")
     torch.set_num_threads(args.threads)
-    if args.align_proxy:
-        out = Path(args.out if args.out != str(RESULTS / "ctf") else RESULTS / "ctf_align_proxy")
-        result = alignment_proxy(args)
+    if args.combine:
+        result = combine(args.combine.split(","))
+        out = Path(args.out)
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        out.with_suffix(".md").write_text(render_alignment_proxy(result))
+        out.with_suffix(".md").write_text(render(result))
+        print(out.with_suffix(".md").read_text())
+        return
+    if args.profile:
+        out = Path(args.out if args.out != str(RESULTS / "ctf") else RESULTS / "ctf_profile")
+        result = profile(args)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(render_profile(result))
+        print(out.with_suffix(".md").read_text())
+        return
+    if args.align_compare:
+        out = Path(args.out if args.out != str(RESULTS / "ctf") else RESULTS / "ctf_align")
+        result = align_compare(args)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(render_align_compare(result))
         print(out.with_suffix(".md").read_text())
         return
     if args.align_study:

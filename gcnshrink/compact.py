@@ -42,11 +42,22 @@ Masks are ``masks_from_weights(graph, state)``: an entry is kept iff its weight 
 6. A hidden space never becomes empty (ST-GCN's batch norms cannot have zero channels): if every
    unit of a space (or identity group) would go, its lowest-index unit stays, unfolded, which is
    exact whatever its reason was. Attention dimensions may all go (the gcn model handles heads
-   without query/key dimensions).
+   without query/key dimensions). A graph with ``writers_stay`` (a traced user model, whose
+   layers cannot have zero channels) keeps the same way one unit of every weight's output and
+   input (a branch of a concatenation or of a split, a head's query/key dimensions).
 7. Every tensor with a binding is cut along every bound axis (positions whose unit is kept, after
    the folds were applied to the biases); tensors without a binding (adjacency, edge importance,
    ``data_bn``, ``num_batches_tracked``) are copied unchanged. The compacted model is built with
    ``create_model(model.arch, **model.compacted_config(kept))``, loaded strictly and verified.
+8. ``align`` N > 1 (``--align N``): every space decided unit by unit (a residual group together)
+   keeps a multiple of N units, or all of them, by *restoring* removable units: the strongest
+   first (summed |weight| of the entries they receive and send in the pruned model), each kept
+   with the weights it has there, unfolded (*restored to align the width*). Every removable unit
+   is exact to keep (useless: nothing it sends reaches a kept output; zero or constant: it
+   computes the value it was measured at), so the logits do not change. A restored unit can keep
+   others (a constant that could only be folded into it): rules 2-7 and the alignment are
+   repeated until no unit is added; in that rare case a width can end above its multiple.
+   Attention query/key dimensions and derived spaces are not aligned on their own.
 """
 
 from __future__ import annotations
@@ -75,6 +86,7 @@ KEPT_NOT_CONSTANT = "input-independent, not constant"
 KEPT_NOT_MEASURED = "input-independent, no probe"
 KEPT_COUPLED = "removable here, not in a coupled space"
 KEPT_LAST_UNIT = "last unit of the space"
+KEPT_ALIGNED = "restored to align the width"
 
 # A float computation of an input-independent unit is not bit-identical everywhere: the gcn's
 # row-stochastic aggregation sums a few dozen products, and a small unit can be the difference of
@@ -289,16 +301,44 @@ def _folding_blocked(
 
 
 # ---------------------------------------------------------------------------- the decision
-def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> CompactionPlan:
-    """Decide which units go (and why) and which constants to fold, without building anything."""
+def plan_compaction(
+    model: SkeletonModel, calibration: torch.Tensor, *, align: int = 1
+) -> CompactionPlan:
+    """Decide which units go (and why) and which constants to fold, without building anything.
+
+    ``align`` > 1: rule 8, every space decided unit by unit keeps a multiple of ``align`` units."""
     _check_model(model)
+    align = check_align(align)
     calibration = _check_calibration(model, calibration)
     graph = model.unit_graph()
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     graph.check_against(state)
     masks = {name: mask.cpu() for name, mask in masks_from_weights(graph, state).items()}
     activity, logits = _measure(model, graph, calibration)
+    forced = {space.name: torch.zeros(space.width, dtype=torch.bool) for space in graph.spaces}
+    strength = _unit_strength(graph, state) if align > 1 else {}
+    # rule 8: a restored unit can keep others (a constant folded into it where it cannot be), so
+    # decide and align again until no unit is added; the forced set only grows, so this ends
+    while True:
+        plan = _decide(graph, masks, state, activity, logits, forced)
+        if align == 1:
+            return plan
+        restore = _alignment(graph, plan, strength, align)
+        grown = {name: forced[name] | restore[name] for name in forced}
+        if all(torch.equal(grown[name], forced[name]) for name in forced):
+            return plan
+        forced = grown
 
+
+def _decide(
+    graph: UnitGraph,
+    masks: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    activity: dict[str, UnitActivity],
+    logits: torch.Tensor,
+    forced: dict[str, torch.Tensor],
+) -> CompactionPlan:
+    """Rules 1-7 with the ``forced`` units of unit-by-unit spaces kept whatever their verdict."""
     derived = graph.derived
     attention_pairs = list(graph.attention_pairs)
     attention_spaces = {space for pair in attention_pairs for space in pair}
@@ -340,7 +380,15 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
                 for space in members
             }
             changed |= _decide_group(
-                members, kept[members[0]], verdicts, activity, removed, constants, kept_notes
+                members,
+                kept[members[0]],
+                forced[members[0]],
+                verdicts,
+                activity,
+                removed,
+                constants,
+                kept_notes,
+                stay=_last_of_writers(graph, members, kept, verdicts),
             )
 
         kept = _kept_from_removed(graph, removed)
@@ -348,6 +396,9 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
             reasons = _attention_verdicts(
                 graph, query_space, key_space, kept, accessible, coaccessible, activity
             )
+            going = torch.tensor([r is not None for r in reasons], dtype=torch.bool)
+            for unit in _last_of_segments(graph, query_space, kept[query_space], going):
+                reasons[unit] = None
             for unit in kept[query_space].nonzero().flatten().tolist():
                 if reasons[unit] is not None:
                     removed[query_space][unit] = reasons[unit]
@@ -362,26 +413,69 @@ def plan_compaction(model: SkeletonModel, calibration: torch.Tensor) -> Compacti
     return CompactionPlan(graph, kept, removed, kept_notes, constants, logits)
 
 
+def _last_of_segments(
+    graph: UnitGraph, space: str, kept: torch.Tensor, going: torch.Tensor
+) -> list[int]:
+    """Rule 6 for ``writers_stay`` graphs: of each weight writing into or reading from ``space``
+    whose kept units there would all go, the lowest-index one."""
+    if not graph.writers_stay:
+        return []
+    stay = []
+    segments = [b.target_units for b in graph.incoming_weights[space]]
+    segments += [b.source_units for b in graph.prunable if b.source == space]
+    for units in segments:
+        segment = torch.zeros_like(kept)
+        segment[units] = True
+        alive = segment & kept
+        if alive.any() and not (alive & ~going).any():
+            stay.append(int(alive.nonzero()[0]))
+    return stay
+
+
+def _last_of_writers(graph, members, kept, verdicts) -> torch.Tensor:
+    """The units rule 6 keeps in an identity group for ``writers_stay`` graphs (as forced ones)."""
+    width = len(kept[members[0]])
+    going = torch.ones(width, dtype=torch.bool)
+    for reasons, _ in verdicts.values():
+        going &= torch.tensor([r is not None for r in reasons], dtype=torch.bool)
+    out = torch.zeros(width, dtype=torch.bool)
+    for space in members:
+        out[_last_of_segments(graph, space, kept[members[0]], going)] = True
+    return out
+
+
 def _decide_group(
     members: list[str],
     still_kept: torch.Tensor,
+    forced: torch.Tensor,
     verdicts: dict[str, tuple[list[str | None], list[str | None]]],
     activity: dict[str, UnitActivity],
     removed: dict[str, dict[int, str]],
     constants: dict[str, torch.Tensor],
     kept_notes: dict[str, dict[int, str]],
+    stay: torch.Tensor | None = None,
 ) -> bool:
     """Remove the units removable in every member of an identity group (a lone space is a group
-    of one); record reasons, constants and notes. Returns whether anything was removed."""
+    of one), except the ``forced`` ones; record reasons, constants and notes. Returns whether
+    anything was removed."""
     removable_everywhere = still_kept.clone()
     for reasons, _ in verdicts.values():
         removable_everywhere &= torch.tensor([r is not None for r in reasons], dtype=torch.bool)
+    for space in members:
+        for unit in (forced & removable_everywhere).nonzero().flatten().tolist():
+            kept_notes[space][unit] = KEPT_ALIGNED
+    removable_everywhere &= ~forced
     if still_kept.any() and torch.equal(removable_everywhere, still_kept):
         # the spaces would become empty: the first unit stays, unfolded (exact whatever its reason)
         last_unit = int(still_kept.nonzero()[0])
         removable_everywhere[last_unit] = False
         for space in members:
             kept_notes[space][last_unit] = KEPT_LAST_UNIT
+    if stay is not None:  # rule 6 per weight (writers_stay graphs)
+        for unit in (stay & removable_everywhere).nonzero().flatten().tolist():
+            removable_everywhere[unit] = False
+            for space in members:
+                kept_notes[space][unit] = KEPT_LAST_UNIT
     changed = False
     for space in members:
         reasons, notes = verdicts[space]
@@ -477,6 +571,58 @@ def _attention_verdicts(
     return reasons
 
 
+# ---------------------------------------------------------------------------- alignment (rule 8)
+def check_align(align: object) -> int:
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise GcnshrinkError(f"align must be a whole number >= 1, got {align!r}")
+    return align
+
+
+def _unit_strength(graph: UnitGraph, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per hidden space, the summed |weight| of every entry a unit receives or sends (a flattened
+    unit's entries count for its source channel)."""
+    strength = {s.name: torch.zeros(s.width, dtype=torch.float64) for s in graph.spaces}
+    for binding in graph.prunable:
+        weight = state[binding.name].detach().abs().reshape(-1).double().cpu()
+        source_units, target_units = graph.entry_units(binding, state[binding.name].shape)
+        for space, units in ((binding.source, source_units), (binding.target, target_units)):
+            if space in graph.derived:
+                space, source_unit = graph.derived_source(space)
+                units = source_unit[units]
+            strength[space].index_add_(0, units, weight)
+    return strength
+
+
+def _alignment(
+    graph: UnitGraph, plan: CompactionPlan, strength: dict[str, torch.Tensor], align: int
+) -> dict[str, torch.Tensor]:
+    """The units to keep so that every space decided unit by unit (a residual group together)
+    keeps a multiple of ``align`` units, or all of them: the kept ones that rule 8 already forced,
+    plus the strongest removed ones (summed |weight| over the group's members, lowest index on a
+    tie). Attention query/key dimensions and derived spaces are not aligned on their own."""
+    forced = {space.name: torch.zeros(space.width, dtype=torch.bool) for space in graph.spaces}
+    attention = {space for pair in graph.attention_pairs for space in pair}
+    for members in graph.residual_groups:
+        first = graph.space_by_name[members[0]]
+        if first.role != "hidden" or set(members) & (attention | set(graph.derived)):
+            continue
+        kept = plan.kept[members[0]]
+        restored = torch.tensor(
+            [plan.kept_notes[members[0]].get(u) == KEPT_ALIGNED for u in range(first.width)],
+            dtype=torch.bool,
+        )
+        count = int(kept.sum()) - int(restored.sum())
+        target = min(-(-count // align) * align, first.width)
+        score = sum(strength[space] for space in members)
+        candidates = (~kept | restored).nonzero().flatten()
+        order = candidates[torch.argsort(-score[candidates], stable=True)]
+        mask = forced[members[0]]
+        mask[order[: target - count]] = True
+        for space in members[1:]:
+            forced[space] = mask.clone()
+    return forced
+
+
 def kept_units(model: SkeletonModel, calibration: torch.Tensor) -> dict[str, torch.Tensor]:
     """The units compaction keeps in every space (bool per unit), without building the model."""
     return plan_compaction(model, calibration).kept
@@ -529,16 +675,18 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def compact_model(
-    model: SkeletonModel, calibration: torch.Tensor, *, tolerance: float = 1e-5
+    model: SkeletonModel, calibration: torch.Tensor, *, tolerance: float = 1e-5, align: int = 1
 ) -> CompactionResult:
     """Remove the dead units of a pruned model and verify the logits on ``calibration``.
+
+    ``align`` > 1 keeps every unit-by-unit space at a multiple of ``align`` units (rule 8).
 
     ``calibration`` is a batch of real inputs (N, C, T, V, M). The original model is not modified.
     Raises :class:`CompactionError` if the relative logit difference exceeds ``tolerance``.
     """
     if not (isinstance(tolerance, int | float) and math.isfinite(tolerance) and tolerance >= 0):
         raise GcnshrinkError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    plan = plan_compaction(model, calibration)
+    plan = plan_compaction(model, calibration, align=align)
     calibration = _check_calibration(model, calibration)
     graph = plan.graph
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}

@@ -8,3 +8,7 @@ for every method that does not collapse, and the benchmarks use it for all metho
 
 FINETUNE_EPOCHS = 30
 FINETUNE_LR = 3e-3
+
+# --align at compaction (compact, export): keep unit counts at multiples of this (1: as pruned).
+# benchmarks/ctf.py --align-compare measures it (docs/compaction.md, "Width alignment").
+COMPACT_ALIGN = 1

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from gcnshrink.checkpoint import Checkpoint, checkpoint_metadata
-from gcnshrink.compact import compact_model
+from gcnshrink.compact import check_align, compact_model
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.files import atomic_write, check_folder_writable
 from gcnshrink.onnx_export import check_parity, export_onnx, quantize_int8
@@ -62,8 +62,11 @@ def export_model(
     int8: bool = False,
     sparse_onnx: bool = False,
     force: bool = False,
+    align: int = 1,
 ) -> dict:
-    """Compact ``ckpt`` and write the requested files; returns a summary with every check."""
+    """Compact ``ckpt`` (``align``: :func:`gcnshrink.compact.compact_model`'s) and write the
+    requested files; returns a summary with every check."""
+    align = check_align(align)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise GcnshrinkError(f"{out_dir} exists and is not a folder")
@@ -93,8 +96,9 @@ def export_model(
     check_folder_writable(out_dir)
     with _staged(out_dir) as stage:
         return _export_into(
-            ckpt, stage, out_dir, planned, calibration, fp16=fp16, int8=int8, force=force
-        )
+            ckpt, stage, out_dir, planned, calibration, fp16=fp16, int8=int8, force=force,
+            align=align,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -138,12 +142,13 @@ def _export_into(
     fp16: bool,
     int8: bool,
     force: bool,
+    align: int,
 ) -> dict:
     """Write and verify the planned files in ``stage``; the summary names their final paths."""
     onnx = out_dir / "model.onnx" in planned
     sparse_onnx = out_dir / "model.sparse.onnx" in planned
     force = True  # the stage is empty and ours: the destination's files were checked above
-    result = compact_model(ckpt.build_model(), calibration)
+    result = compact_model(ckpt.build_model(), calibration, align=align)
     model = result.model.eval()
     compacted = Checkpoint.from_model(model, ckpt.class_names, ckpt.provenance, ckpt.pruning)
     metadata = checkpoint_metadata(compacted)

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from gcnshrink.compact import (
     CONSTANT_FOLDED,
     CONSTANT_KEY,
+    KEPT_ALIGNED,
     KEPT_COUPLED,
     KEPT_NOT_FOLDABLE,
     USELESS,
@@ -349,6 +350,73 @@ def test_stgcn_identity_group_loses_a_unit_dead_in_every_member(level, reason):
     assert_same_logits(model, result.model, x)
 
 
+# ---------------------------------------------------------------------------- alignment (rule 8)
+def unit_by_unit_spaces(model) -> list[str]:
+    graph = model.unit_graph()
+    attention = {space for pair in graph.attention_pairs for space in pair}
+    return [
+        s.name
+        for s in graph.spaces
+        if s.role == "hidden" and s.name not in graph.derived and s.name not in attention
+    ]
+
+
+@pytest.mark.parametrize("arch", ["gcn", "stgcn"])
+@pytest.mark.parametrize("align", [4, 8])
+def test_align_keeps_widths_at_multiples_and_the_logits(arch, align):
+    model = small_model(arch)
+    magnitude_prune(model, 0.9)
+    x = calibration(model)
+    plain = compact_model(model, x)
+    aligned = compact_model(model, x, align=align)
+
+    restored_somewhere = False
+    for space in unit_by_unit_spaces(model):
+        report, before = aligned.spaces[space], plain.spaces[space]
+        assert report.width_after % align == 0 or report.width_after == report.width_before, space
+        # the smallest multiple that holds what compaction keeps: nothing more is restored
+        expected = min(-(-before.width_after // align) * align, before.width_before)
+        assert report.width_after == expected, space
+        restored = report.kept_notes.get(KEPT_ALIGNED, [])
+        assert len(restored) == report.width_after - before.width_after
+        restored_somewhere |= bool(restored)
+    assert restored_somewhere  # at 90 % some width is off the multiple: the test sees a restore
+    assert aligned.params_after > plain.params_after
+    assert_same_logits(model, aligned.model, x)
+
+
+def test_align_restores_the_strongest_removed_units():
+    model = small_stgcn()
+    chain = [0, 1, 2, 3]  # an identity group: a restored unit comes back in every member
+    for unit, level in ((3, 0.0), (5, 0.3), (6, 0.0)):
+        for block in chain:
+            silence_temporal_output(model, block, unit=unit, level=level)
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # unit 6 sends the most into block 1: the one to restore
+        params["st_gcn_networks.1.gcn.conv.weight"][:, 6] *= 10.0
+    x = calibration(model)
+
+    plain = compact_model(model, x)
+    assert plain.model.config["blocks"][0]["out"] == 5
+    aligned = compact_model(model, x, align=2)
+
+    for block in chain:
+        report = aligned.spaces[f"block{block}.out"]
+        assert report.width_after == 6
+        assert report.kept_notes[KEPT_ALIGNED] == [6]
+    # the constant unit 5 stays removed (folded); restored unit 6 computes its zero, exactly
+    assert removed(aligned, "block0.out", CONSTANT_FOLDED) == [5]
+    assert_same_logits(model, aligned.model, x)
+
+
+def test_align_1_is_plain_compaction():
+    model = small_stgcn()
+    magnitude_prune(model, 0.9)
+    x = calibration(model)
+    plain, one = compact_model(model, x), compact_model(model, x, align=1)
+    assert one.to_dict() == plain.to_dict()
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_input_is_refused_in_one_line():
     model = small_gcn()
@@ -360,6 +428,9 @@ def test_bad_input_is_refused_in_one_line():
         compact_model(model, calibration(model), tolerance=-1.0)
     with pytest.raises(GcnshrinkError, match="gcnshrink model"):
         compact_model(nn.Linear(2, 2), calibration(model))
+    for align in (0, -8, 2.5, True, "8"):
+        with pytest.raises(GcnshrinkError, match="align must be a whole number"):
+            compact_model(model, calibration(model), align=align)
 
 
 def test_parametrized_model_must_bake_its_masks_first():

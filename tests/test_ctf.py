@@ -201,10 +201,11 @@ def test_budget_term_drives_the_trained_mask_to_the_budget():
     """Started far above the budget (entry thresholds halved: 2.4× the budget), the budget term
     alone brings the trained mask to the budget. Entries are its lever: the coarse factors
     compare each group with its tensor and with its own start, so a budget that shrinks every
-    weight alike moves no group."""
+    weight alike moves no group; so a third of the removed weights are left to entries here (the
+    default gives them a twentieth)."""
     torch.manual_seed(0)
     model = tiny_gcn(0)
-    method = ctf_on(model, 0.9, budget_weight=1.0)
+    method = ctf_on(model, 0.9, budget_weight=1.0, channel_share=0.6, line_share=0.05)
     controller = method.controller
     budget = method.target_budget
     for name in controller.entry_theta:
@@ -392,15 +393,29 @@ def test_removed_weights_split_by_granularity():
     assert sum(report["shares"].values()) == pytest.approx(1.0)
 
 
-def test_inspect_reports_the_split_and_prune_has_the_flags():
-    from gcnshrink.measure import weight_counts
+def test_inspect_reports_the_split_and_prune_has_the_flags(cli, tmp_path):
+    import json
+
+    from gcnshrink.checkpoint import Checkpoint, save_checkpoint
     from gcnshrink.pruning import option_table
 
     model = tiny_gcn(0)
     method = ctf_on(model, 0.9)
-    baked = bake(model, method.masks_at(0.9))
-    shares = weight_counts(baked)["removed_by"]
-    assert set(shares) == {"channels", "rows", "columns", "entries"}
-    assert sum(shares.values()) == pytest.approx(1.0) and shares["channels"] > 0
+    masks = method.masks_at(0.9)
+    baked = bake(model, masks)
+    path = tmp_path / "ctf.pt"
+    names = [f"c{i}" for i in range(5)]
+    save_checkpoint(Checkpoint.from_model(baked, names, {"data": "synthetic:hands"}), path)
+    result = cli("inspect", path, "--json")
+    assert result.exit_code == 0, result.output
+    shares = json.loads(result.stdout)["removed_by"]
+    expected = removed_by_granularity(model.unit_graph(), masks)["shares"]
+    assert shares == pytest.approx(expected)
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["channels"] > 0.5
+    text = cli("inspect", path).stdout
+    line = next(x for x in text.splitlines() if "removed: ch/row/col/entry" in x)
+    assert line.split("entry: ", 1)[1].split(" / ") == [
+        f"{100 * shares[g]:.0f} %" for g in ("channels", "rows", "columns", "entries")
+    ]
     flags = {o.flag for o in option_table() if "ctf" in o.methods}
     assert {"--channel-share", "--line-share", "--order", "--margin", "--crisp-at"} <= flags

@@ -630,12 +630,12 @@ RELAXATIONS = ("ste", "soft")
 @dataclass
 class CTFOptions:
     channel_share: float = option(
-        0.7,
+        0.9,
         "ctf: share of the weights to remove that whole channels remove (a channel is a unit "
         "of the unit graph with its rows and columns in every tensor; compaction cuts it).",
     )
     line_share: float = option(
-        0.1,
+        0.05,
         "ctf: share of the weights to remove that whole rows and columns of single tensors "
         "remove; single entries remove the rest.",
     )
