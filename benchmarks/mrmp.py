@@ -8,14 +8,20 @@ For each dataset and seed: train the default ``gcn`` (selection on validation), 
 - every per-rate method (default ``srmp``, ``mp``, ``tcp``) fine-tuned separately at each of those
   rates.
 
-Every fine-tune (mrmp's one, and each per-rate one) gets the same number of epochs (``--finetune``)
-at the same learning rate, so mrmp's total training time is one run against the per-rate methods'
-sum over rates. Test accuracy per rate, MRMP's gap to per-rate SRMP, the realized rates, total
+Every fine-tune (mrmp's one, and each per-rate one) gets the same number of epochs (``--finetune``;
+``--mrmp-finetune`` gives mrmp's its own) at the same learning rate, so mrmp's total training time
+is one run against the per-rate methods' sum over rates. Test accuracy per rate, MRMP's gap to per-rate SRMP, the realized rates, total
 fine-tune time per method, and the time of one extraction of the default ``gcn`` in-process.
 
     python benchmarks/mrmp.py                    # hands and sbu, 3 seeds (hours on 2 CPUs)
     python benchmarks/mrmp.py --datasets synthetic:hands --seeds 0     # one seed
     python benchmarks/mrmp.py --quick            # smoke run: one seed, short training
+
+Affordable on a shared machine: ``--cache DIR`` keeps each dense model (per dataset, seed and
+epochs) so that separate processes and reruns train it once; ``--methods`` chooses what a process
+runs (``mrmp`` included or not), so the per-rate methods and mrmp can run in separate processes,
+each with its own ``--out``, and ``--merge A.json B.partial.json ...`` renders their records
+together into ``--out``. ``--mrmp-options key=value,...`` sets mrmp's options (recorded).
 
 Writes benchmarks/results/mrmp.json and .md (``--out``); resumes from mrmp.partial.json after an
 interruption. Nothing here is asserted: it is a measurement.
@@ -32,6 +38,7 @@ from pathlib import Path
 import torch
 
 from gcnshrink import api
+from gcnshrink.checkpoint import load_checkpoint, save_checkpoint
 from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.train import TrainConfig
@@ -44,14 +51,78 @@ def parse_rates(text: str) -> list[float]:
     return [float(r) for r in text.split(",") if r]
 
 
-def extraction_seconds(ckpt, rate: float, repeats: int = 5) -> float:
-    """Median wall time of ``api.extract`` at ``rate``, in-process (the checkpoint in memory)."""
-    times = []
+def extraction_seconds(ckpt, rate: float, repeats: int = 5) -> tuple[float, float]:
+    """Median wall and CPU (process) time of ``api.extract`` at ``rate``, in-process (the
+    checkpoint in memory). On a loaded machine the CPU time is the one to read."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         api.extract(ckpt, rate)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def parse_options(text: str) -> dict:
+    """``key=value,...`` -> a dict (numbers as floats, the rest as strings)."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            options[key.replace("-", "_")] = float(value)
+        except ValueError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def dense_model(spec: str, seed: int, epochs: int, data, cache: str | None):
+    """The default gcn trained ``epochs`` epochs with ``seed`` (selection on validation), and its
+    summary; kept in ``cache`` when given, so every process and rerun uses the same model."""
+    if cache:
+        stem = Path(cache) / f"{spec.replace(':', '_')}-seed{seed}-e{epochs}"
+        if stem.with_suffix(".json").exists():
+            return load_checkpoint(stem.with_suffix(".pt")), json.loads(
+                stem.with_suffix(".json").read_text()
+            )
+    config = TrainConfig(epochs=epochs, seed=seed, progress=False)
+    ckpt, dense = api.train(data, "gcn", config=config)
+    if cache:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt, stem.with_suffix(".pt"), force=True)
+        stem.with_suffix(".json").write_text(json.dumps(dense))  # last: marks the pair complete
+    return ckpt, dense
+
+
+def merge(paths: list[str], out: Path, note: str = "") -> None:
+    """Render the records of several runs (``.json`` or ``.partial.json``) as one result; the
+    first file's arguments head it, the methods are those the records hold."""
+    loaded = [json.loads(Path(p).read_text()) for p in paths]
+    args = dict(next(d["args"] for d in loaded if "args" in d))
+    records, seen = [], set()
+    for d in loaded:
+        run = d.get("args", {})
+        for r in d["records"]:
+            if r["method"] == "mrmp" and run:  # runs older than the field: their arguments
+                r.setdefault("finetune_epochs", run.get("mrmp_finetune") or run["finetune"])
+            key = (r["data"], r["seed"], r["method"], r["rate"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    found = {r["method"] for r in records} - {"dense", "mrmp", "extract-timing"}
+    order = ["srmp", "mp", "tcp"]
+    args.pop("methods_run", None)
+    args["methods"] = ",".join(
+        sorted(found, key=lambda m: (order.index(m) if m in order else 9, m))
+    )
+    args["seeds"] = ",".join(str(s) for s in sorted({r["seed"] for r in records}))
+    args["datasets"] = ",".join(dict.fromkeys(r["data"] for r in records))
+    args["merged"] = [str(p) for p in paths]
+    args["sources"] = list(dict.fromkeys(command(d["args"]) for d in loaded if "args" in d))
+    args["note"] = note
+    result = {"args": args, "records": records}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(render(result))
+    print(out.with_suffix(".md").read_text())
 
 
 def main() -> None:
@@ -62,8 +133,17 @@ def main() -> None:
     parser.add_argument("--between", default="0.97,0.985", help="untrained rates between them")
     parser.add_argument("--beyond", default="0.995", help="untrained rates beyond them")
     parser.add_argument(
-        "--methods", default="srmp,mp,tcp", help="per-rate methods, method[:score] (mp:lamp)"
+        "--methods",
+        default="mrmp,srmp,mp,tcp",
+        help="mrmp (trained once) and per-rate methods, method[:score] (mp:lamp)",
     )
+    parser.add_argument("--mrmp-options", default="", help="mrmp options, key=value,...")
+    parser.add_argument(
+        "--mrmp-finetune", type=int, default=None, help="mrmp's fine-tune epochs (--finetune)"
+    )
+    parser.add_argument("--cache", default=None, help="folder that keeps the dense models")
+    parser.add_argument("--merge", nargs="+", default=None, help="render these runs together")
+    parser.add_argument("--note", default="", help="a paragraph added to a merged .md")
     parser.add_argument("--epochs", type=int, default=150, help="dense training epochs")
     parser.add_argument(
         "--finetune", type=int, default=20, help="fine-tune epochs of every run, mrmp's included"
@@ -73,6 +153,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: one seed, short runs")
     parser.add_argument("--out", default=str(RESULTS / "mrmp"))
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out), args.note)
+        return
     if args.quick:
         args.datasets, args.seeds, args.epochs, args.finetune = "synthetic:hands", "0", 10, 2
         args.rates, args.between, args.beyond = "0.5,0.9,0.99", "0.97", "0.995"
@@ -82,7 +165,9 @@ def main() -> None:
     trained = parse_rates(args.rates)
     between, beyond = parse_rates(args.between), parse_rates(args.beyond)
     eval_rates = sorted({*trained, *between, *beyond})
-    methods = args.methods.split(",")
+    methods = [m for m in args.methods.split(",") if m != "mrmp"]
+    mrmp_options = parse_options(args.mrmp_options)
+    mrmp_epochs = args.mrmp_finetune or args.finetune
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.json")
@@ -103,18 +188,17 @@ def main() -> None:
     for spec in args.datasets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = load_data(spec, seed=seed)
-            config = TrainConfig(epochs=args.epochs, seed=seed, progress=False)
-            ckpt, dense = api.train(data, "gcn", config=config)
+            ckpt, dense = dense_model(spec, seed, args.epochs, data, args.cache)
             print(f"{spec} seed {seed}: dense {dense['accuracy']:.3f}", flush=True)
             if not finished(spec, seed, "dense"):
                 save(
                     {"data": spec, "seed": seed, "method": "dense", "rate": 0.0,
                      "accuracy": dense["accuracy"], "seconds": dense["seconds"]}
                 )  # fmt: skip
-            if not finished(spec, seed, "mrmp"):
+            if "mrmp" in args.methods.split(",") and not finished(spec, seed, "mrmp"):
                 outcome = api.prune(
-                    ckpt, data, method="mrmp", rates=trained, epochs=args.finetune, lr=args.lr,
-                    seed=seed, progress=False,
+                    ckpt, data, method="mrmp", rates=trained, epochs=mrmp_epochs, lr=args.lr,
+                    seed=seed, progress=False, **mrmp_options,
                 )  # fmt: skip
                 multi = outcome.checkpoint
                 seconds = outcome.summary["finetune_seconds"]
@@ -132,15 +216,18 @@ def main() -> None:
                          "realized_rate": extracted.summary["realized_rate"],
                          "extract_seconds": took,
                          "finetune_seconds": seconds if rate == eval_rates[0] else 0.0,
-                         "best_epoch": outcome.summary["best_epoch"]}
+                         "best_epoch": outcome.summary["best_epoch"],
+                         "finetune_epochs": mrmp_epochs,
+                         "options": mrmp_options}
                     )  # fmt: skip
                     print(f"  mrmp   @ {rate:g} ({kind}): {test['accuracy']:.3f}", flush=True)
                 if seed == int(args.seeds.split(",")[0]):
+                    wall, cpu = extraction_seconds(multi, 0.99)
                     save(
                         {"data": spec, "seed": seed, "method": "extract-timing", "rate": 0.99,
-                         "seconds": extraction_seconds(multi, 0.99)}
+                         "seconds": wall, "cpu_seconds": cpu}
                     )  # fmt: skip
-            for rate in eval_rates:
+            for rate in sorted(eval_rates, reverse=True):  # the high rates first
                 for method in methods:
                     if finished(spec, seed, method, rate):
                         continue
@@ -157,7 +244,10 @@ def main() -> None:
                          "finetune_seconds": s["finetune_seconds"]}
                     )  # fmt: skip
                     print(f"  {method:<6} @ {rate:g}: {s['accuracy']:.3f}", flush=True)
-    result = {"args": vars(args), "records": records}
+    result = {
+        "args": {**vars(args), "methods": ",".join(methods), "methods_run": args.methods},
+        "records": records,
+    }
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(render(result))
     partial.unlink(missing_ok=True)
@@ -175,29 +265,60 @@ def fmt(values: list[float], pp: bool = False) -> str:
     return f"{mean * scale:{sign}.1f}{unit} ± {std * scale:.1f}"
 
 
+def command(a: dict) -> str:
+    # a run's "methods" are its per-rate ones; none: it ran mrmp alone
+    methods = a.get("methods_run") or a["methods"] or "mrmp"
+    flags = "--quick" if a["quick"] else (
+        f"--datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} "
+        f"--between {a['between']} --beyond {a['beyond']} --methods {methods} "
+        f"--epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
+    )  # fmt: skip
+    if a.get("mrmp_finetune"):
+        flags += f" --mrmp-finetune {a['mrmp_finetune']}"
+    if a.get("mrmp_options"):
+        flags += f" --mrmp-options {a['mrmp_options']}"
+    if a.get("cache"):
+        flags += " --cache DIR"
+    return f"python benchmarks/mrmp.py {flags}"
+
+
+def mrmp_epochs_note(records: list[dict], a: dict) -> str:
+    """`` (mrmp's: E)`` where mrmp's fine-tune had other epochs than the per-rate runs'."""
+    epochs = sorted(
+        {r.get("finetune_epochs", a["finetune"]) for r in records if r["method"] == "mrmp"}
+    )
+    if epochs in ([], [a["finetune"]]):
+        return ""
+    return f" (mrmp's: {', '.join(str(e) for e in epochs)})"
+
+
 def render(result: dict) -> str:
     a = result["args"]
     recs = result["records"]
-    flags = "--quick" if a["quick"] else (
-        f"--datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} "
-        f"--between {a['between']} --beyond {a['beyond']} --methods {a['methods']} "
-        f"--epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
-    )  # fmt: skip
     seeds = a["seeds"].split(",")
     spread = f"mean ± std over seeds {a['seeds']}" if len(seeds) > 1 else f"seed {a['seeds']}"
     methods = a["methods"].split(",")
+    if a.get("merged"):
+        head = [
+            "Merged by `python benchmarks/mrmp.py --merge " + " ".join(a["merged"]) + "` from:",
+            "",
+            *[f"- `{c}`" for c in a["sources"]],
+        ]
+    else:
+        head = [f"Command: `{command(a)}`"]
     lines = [
-        f"Command: `python benchmarks/mrmp.py {flags}`",
+        *head,
         "",
         f"Default `gcn`, dense training {a['epochs']} epochs. `mrmp` is fine-tuned **once** for "
         f"rates {a['rates']} and every rate is extracted from that one checkpoint; each per-rate "
-        f"method is fine-tuned separately at each rate. Every fine-tune: {a['finetune']} epochs, "
-        f"Adam {a['lr']:g}, best epoch on validation. Test accuracy, {spread}. "
+        f"method is fine-tuned separately at each rate. Every fine-tune: {a['finetune']} epochs"
+        f"{mrmp_epochs_note(recs, a)}, Adam {a['lr']:g}, best epoch on validation. Test accuracy, "
+        f"{spread}. "
         "Δ: mrmp − srmp, per seed.",
     ]
     for spec in a["datasets"].split(","):
         mine = [r for r in recs if r["data"] == spec]
-        if not mine:
+        if not any(r["method"] == "mrmp" for r in mine):
             continue
         dense = [r["accuracy"] for r in mine if r["method"] == "dense"]
         rates = sorted({r["rate"] for r in mine if r["method"] == "mrmp"})
@@ -245,13 +366,21 @@ def render(result: dict) -> str:
             + ".",
         ]
         realized = [abs(r["realized_rate"] - r["rate"]) for r in mine if r["method"] == "mrmp"]
-        timing = [r["seconds"] for r in mine if r["method"] == "extract-timing"]
+        if not realized:
+            continue
+        timing = [r for r in mine if r["method"] == "extract-timing"]
+        cpu = [f", {r['cpu_seconds'] * 1e3:.0f} ms CPU" for r in timing if "cpu_seconds" in r]
         took = (
-            f"; one extraction at 0.99 takes {timing[0] * 1e3:.0f} ms in-process" if timing else ""
+            f"; one extraction at 0.99 takes {timing[0]['seconds'] * 1e3:.0f} ms in-process "
+            f"(wall{''.join(cpu[:1])})"
+            if timing
+            else ""
         )
         lines.append(
             f"mrmp extractions: largest |realized − requested rate| {max(realized):.1e}{took}."
         )
+    if a.get("note"):
+        lines += ["", a["note"]]
     return "\n".join(lines) + "\n"
 
 

@@ -214,6 +214,31 @@ def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     assert pruner._captured is None
 
 
+def test_sandwich_with_every_rate_labelled():
+    """--labelled all: the labelled pass takes every trained rate in turn, the highest included,
+    and a step at the highest distils only into the random rate (not into itself)."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), labelled="all")
+    for step in range(6):
+        pruner.on_step(step / 5)
+        assert pruner.current_rate == (0.5, 0.9, 0.99)[step % 3]
+        students = pruner.student_rates()
+        if pruner.current_rate == 0.99:
+            assert len(students) == 1 and 0.5 <= students[0] <= 0.99
+        else:
+            assert students[0] == 0.99 and len(students) == 2
+
+
+def test_sandwich_random_student_between_the_two_highest_rates():
+    """--between top: the random student's rate lies between the two highest trained rates."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), between="top")
+    drawn = []
+    for step in range(40):
+        pruner.on_step(step / 39)
+        drawn.append(pruner.student_rates()[1])
+    assert all(0.9 <= r <= 0.99 for r in drawn)
+    assert len(set(drawn)) == 40  # a new rate every step
+
+
 def test_options_are_checked():
     with pytest.raises(GcnshrinkError, match="--kl-weight must be >= 0"):
         create_method("srmp", PruneSpec((0.9,)), {"kl_weight": -1.0})
@@ -364,3 +389,62 @@ def test_single_model_commands_refuse_a_multi_rate_checkpoint(
     assert "multi-rate checkpoint" in result.stderr
     assert f"gcnshrink extract {multi_rate_file} --rate R" in result.stderr.replace("\n", " ")
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- sweep
+def test_sweep_trains_mrmp_once_per_seed_and_draws_it_as_a_curve(
+    trained_gcn, tmp_path, monkeypatch
+):
+    """``sweep --methods mrmp``: one mrmp fine-tune per seed (all the grid's rates), every cell
+    extracted from it at its own rate, and the report's plots draw mrmp as one line through its
+    rates, like the per-rate methods."""
+    import gcnshrink.sweep as sweep_module
+    from gcnshrink.measure import DEPLOYABLE_KEYS
+    from gcnshrink.report import _points_by_method
+    from gcnshrink.results import load_results
+
+    calls = []
+    real_prune = sweep_module.prune
+
+    def counting_prune(*args, **kwargs):
+        calls.append((kwargs["method"], kwargs.get("rate"), kwargs.get("rates"), kwargs["seed"]))
+        return real_prune(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "prune", counting_prune)
+
+    def light_measure(model, data, calibration):
+        """What the plot needs, without compaction, ONNX export and latency (tested with the
+        sweep itself): test accuracy and the nonzero weights."""
+        metrics = evaluate(model, data.x_test, data.y_test, data.num_classes)
+        nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+        return {
+            **dict.fromkeys(DEPLOYABLE_KEYS, 1),
+            "accuracy": metrics["accuracy"],
+            "mean_class_accuracy": metrics["mean_class_accuracy"],
+            "params": nonzero,
+            "nonzero": nonzero,
+            "compaction_relative_diff": 0.0,
+        }
+
+    monkeypatch.setattr(sweep_module, "measure_deployable", light_measure)
+    rates = [0.5, 0.9]
+    paths = sweep_module.run_sweep(
+        trained_gcn[0], "synthetic:hands?train=120&test=60", tmp_path, methods=["mrmp"],
+        rates=rates, epochs=1, seeds=[0, 1], progress=False,
+    )  # fmt: skip
+    assert sorted(c[3] for c in calls) == [0, 1]  # one fine-tune per seed
+    assert all(c[2] == rates for c in calls)  # for every rate of the grid at once
+    for seed in (0, 1):
+        assert (tmp_path / "cells" / f"mrmp-multi-s{seed}.pt").is_file()
+    records = json.loads(paths["results"].read_text())["records"]
+    mrmp = [r for r in records if r["method"] == "mrmp"]
+    assert sorted((r["rate"], r["seed"]) for r in mrmp) == [(r, s) for r in rates for s in (0, 1)]
+    for r in mrmp:
+        assert r["realized_rate"] == pytest.approx(r["rate"], abs=1e-3)
+    # both seeds' cells at one rate share that seed's one fine-tune time
+    by_seed = {s: {r["finetune_seconds"] for r in mrmp if r["seed"] == s} for s in (0, 1)}
+    assert all(len(times) == 1 for times in by_seed.values()), by_seed
+    (result_set,) = load_results([paths["results"]])
+    curve = _points_by_method(result_set, "params")["mrmp"]
+    assert len(curve) == len(rates)  # one point per rate (mean over seeds), drawn as one line
+    assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0

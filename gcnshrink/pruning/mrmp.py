@@ -32,9 +32,12 @@ What is implemented; docs/methods.md ("SRMP and MRMP") has the measurements behi
   delivered; ``prior``: a = s_t·x_t(r) from the prior (the paper's reading; measured much worse on
   a fine-tune, whose dense weights follow no single family).
 - **Rates per step** (mrmp): ``--distill sandwich`` (default): the step's labelled forward pass
-  takes the trained rates but the highest in turn; two more forward passes in the method's loss
-  term distil its logits (soft cross-entropy) into the network at the highest trained rate and
-  at a rate drawn log-uniformly in kept fraction between the lowest and the highest. ``highest``
+  takes the trained rates but the highest in turn (``--labelled all``: all of them); two more
+  forward passes in the method's loss term distil its logits (soft cross-entropy) into the
+  network at the highest trained rate and at a rate drawn log-uniformly in kept fraction between
+  the two highest trained rates (``--between top``, default; ``all``: between the lowest and the
+  highest; measured in ``benchmarks/mrmp_gap.py``: the untrained rates that fall behind are the
+  high ones, between the two highest trained rates and beyond). ``highest``
   distils into the highest only; ``none`` trains one rate per step, chosen by ``--sampling``:
   ``cycle`` (in turn), ``weighted`` (in turn, frequencies ∝ −ln(1 − r)), ``random``,
   ``interval`` (log-uniform between the lowest and the highest).
@@ -588,6 +591,19 @@ class MRMPOptions(SRMPOptions):
         "rate with labels, the highest and one rate between them distilled).",
         choices=("none", "highest", "sandwich"),
     )
+    labelled: str = option(
+        "below",
+        "Rates of the labelled pass with --distill sandwich (mrmp): the trained rates but the "
+        "highest, in turn (below), or all of them in turn (all).",
+        choices=("below", "all"),
+    )
+    between: str = option(
+        "top",
+        "Where --distill sandwich draws its random student's rate (mrmp): log-uniformly in kept "
+        "fraction between the two highest trained rates (top), or between the lowest and the "
+        "highest (all).",
+        choices=("top", "all"),
+    )
 
 
 def log_uniform_rate(low: float, high: float, u: float) -> float:
@@ -624,7 +640,8 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         rates = sorted(self.spec.rates)
         mode = self.options.sampling
         if self.options.distill == "sandwich" and len(rates) > 1:
-            return rates[:-1][self.steps % (len(rates) - 1)]  # the others in turn, with labels
+            labelled = rates if self.options.labelled == "all" else rates[:-1]
+            return labelled[self.steps % len(labelled)]  # in turn, with labels
         if mode == "cycle":
             return rates[self.steps % len(rates)]
         if mode == "weighted":
@@ -641,7 +658,9 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         if self.options.distill == "highest":
             return [rates[-1]] if self.current_rate < rates[-1] else []
         if self.options.distill == "sandwich":
-            return [rates[-1], log_uniform_rate(rates[0], rates[-1], self.uniform(1))]
+            highest = [rates[-1]] if self.current_rate < rates[-1] else []
+            low = rates[-2] if self.options.between == "top" else rates[0]
+            return [*highest, log_uniform_rate(low, rates[-1], self.uniform(1))]
         return []
 
     def on_step(self, progress: float) -> None:
