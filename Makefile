@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || \
 	  $(PY) -m pip install -q "$(TORCH_CPU)" || \
 	  $(PY) -m pip install -q --index-url $(TORCH_INDEX) torch
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,bench]"
 	@touch $@
 
 demo: $(VENV)/.installed

@@ -24,7 +24,9 @@ def runs(results: Path) -> list[list]:
         ],
         ["tcp_ablations.py", "--out", results / "tcp_ablations"],
         ["export_sizes.py", "--out", results / "export_sizes"],
+        ["zoo.py", "--out", results / "zoo"],
         ["fuzz_loaders.py", "--out", results / "fuzz_loaders"],
+        ["run.py", "--out", results / "run"],  # gcnshrink beside its peers, all parts
     ]  # fmt: skip
 
 

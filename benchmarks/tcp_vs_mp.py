@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import fmt  # benchmarks/common.py
 
 from gcnshrink import api
 from gcnshrink.data import load_data
@@ -229,14 +230,6 @@ def render(result: dict, datasets, methods, rates) -> str:
             f"| {t['data']} | {t['mp_step_s'] * 1e3:.1f} | {t['tcp_step_s'] * 1e3:.1f} | {t['ratio']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1%}"
-    return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
 
 
 if __name__ == "__main__":

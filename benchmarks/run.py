@@ -1,0 +1,824 @@
+"""gcnshrink beside its peers, in one run: accuracy at high rates, cost, deployment and scale.
+
+    python benchmarks/run.py            # the full run (hours on 2 CPU cores, see docs/benchmarks.md)
+    python benchmarks/run.py --quick    # one seed, two rates, short training: ~9 min of CPU
+    python benchmarks/run.py --smoke    # seconds: what the test suite runs, to catch breakage
+
+Writes ``<out>.json`` (every record) and ``<out>.md`` (the summary tables); ``--out`` defaults to
+benchmarks/results/run (run_quick with --quick). Parts, in this order in one process:
+
+1. **Accuracy** (``synthetic:hands`` and ``synthetic:sbu``, test split, mean ± std over seeds): for
+   each dataset and seed the default ``gcn`` is trained (best epoch on validation), then pruned at
+   every rate by every gcnshrink method through ``gcnshrink.api`` with the same fine-tune budget
+   (epochs, Adam learning rate, batch 64, best epoch on validation), and by two peers run here,
+   not through gcnshrink: ``torch-prune`` (``torch.nn.utils.prune.global_unstructured`` with L1
+   over every Linear/Conv weight, then the fine-tune loop written below with the same budget) and
+   ``torch-pruning`` (Torch-Pruning's ``BasePruner``, structured, channel ratio searched to reach
+   the rate in weights, then the same loop). Torch-Pruning is tried first as its README shows;
+   when that fails on the graph convolution, the failure (crash message, or logits that change
+   when channels that carry only zeros are removed: a wrong channel mapping) is recorded, and the
+   next, more hand-held configuration is tried. ``mrmp`` trains once for all rates and extracts.
+2. **Cost**: each fine-tune's wall time in units of one dense training epoch, timed by a dense
+   epoch run between the rate blocks of the same run (so both see the same machine load).
+3. **Deployment** (first dataset and seed, ``--deploy-rate``): bytes on disk (dense safetensors,
+   compacted safetensors, sparse safetensors, gzip -9 of the compacted file), onnxruntime latency
+   at batch 1 and 32, FLOPs of one sample relative to dense beside the measured speed-up. Peers as
+   their users save them: ``torch.save(state_dict)`` with the masks, then after ``prune.remove``
+   (and its gzip), Torch-Pruning's ``torch.save(model)``; ONNX by ``torch.onnx.export``.
+4. **Scale**: training throughput of ``stgcn`` on NTU-sized input (V=25, M=2), dense and under
+   each method (``benchmarks/throughput.py``'s worker, one process), and the torch-prune masked
+   model with the plain loop.
+
+Nothing is asserted: it is a measurement. Run it alone on the machine where possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gzip
+import io
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from common import fmt, machine
+from throughput import launch, ntu_data
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode
+
+from gcnshrink import api
+from gcnshrink.compact import compact_model
+from gcnshrink.data import load_data
+from gcnshrink.defaults import FINETUNE_LR
+from gcnshrink.export import exportable_state
+from gcnshrink.models import create_model
+from gcnshrink.onnx_export import export_onnx, onnx_latency_ms
+from gcnshrink.pruning import available_methods
+from gcnshrink.sparse_format import size_report
+from gcnshrink.train import TrainConfig
+from gcnshrink.train import evaluate as test_metrics
+
+RESULTS = Path(__file__).parent / "results"
+# method[:score]; each is skipped with a note if this gcnshrink does not have it
+METHODS = ("mp", "mp:lamp", "random", "structured", "tcp", "srmp", "mrmp", "ctf")
+PEERS = ("torch-prune", "torch-pruning")
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the weights a torch user prunes: gcnshrink's scope
+
+
+@dataclass
+class Settings:
+    datasets: list[str]
+    seeds: list[int]
+    rates: list[float]
+    dense_epochs: int
+    finetune: int
+    lr: float = FINETUNE_LR
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    peers: list[str] = field(default_factory=lambda: list(PEERS))
+    model_config: dict = field(default_factory=dict)
+    deploy_rate: float = 0.99
+    latency_batches: list[int] = field(default_factory=lambda: [1, 32])
+    latency_repeats: int = 30
+    deploy_methods: list[str] | None = None  # None: dense, every method and peer
+    tp_cpu_limit: float = (
+        60.0  # CPU seconds per Torch-Pruning attempt before it counts as a failure
+    )
+    tp_stgcn: bool = True  # also try Torch-Pruning on the scale part's stgcn
+    # stgcn throughput: base width, frames, batch, timed steps, warm-up steps
+    scale: dict = field(
+        default_factory=lambda: {
+            "base_width": 64, "frames": 64, "batch_size": 16, "steps": 10, "warmup": 2
+        }
+    )  # fmt: skip
+    scale_methods: list[str] = field(
+        default_factory=lambda: [
+            "dense",
+            "mp",
+            "random",
+            "structured",
+            "tcp",
+            "srmp",
+            "mrmp",
+            "ctf",
+        ]
+    )
+
+
+FULL = dict(
+    datasets=["synthetic:hands", "synthetic:sbu"], seeds=[0, 1, 2],
+    rates=[0.9, 0.95, 0.98, 0.99, 0.995, 0.998], dense_epochs=150, finetune=20,
+)  # fmt: skip
+QUICK = dict(
+    datasets=["synthetic:hands", "synthetic:sbu"], seeds=[0], rates=[0.99, 0.998],
+    dense_epochs=25, finetune=3, latency_repeats=10,
+    deploy_methods=["dense", "mp", "structured", "tcp", "ctf", "mrmp", *PEERS],
+    tp_cpu_limit=30.0,
+    scale={"base_width": 16, "frames": 64, "batch_size": 16, "steps": 3, "warmup": 1},
+)  # fmt: skip
+SMOKE = dict(
+    datasets=["synthetic:sbu?train=64&test=32"], seeds=[0], rates=[0.9], dense_epochs=1, finetune=1,
+    methods=["mp", "tcp", "mrmp"], deploy_rate=0.9, latency_batches=[1, 4], latency_repeats=2,
+    deploy_methods=["dense", "mp", "torch-prune"],
+    model_config={"heads": 2, "head_width": 4, "key_width": 2, "hidden": 16},
+    scale={"base_width": 4, "frames": 8, "batch_size": 2, "steps": 1, "warmup": 1},
+    scale_methods=["dense"], tp_stgcn=False,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the peers' own code
+def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
+
+
+def weight_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m, _ in prunable_weights(model))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    batches = zip(x.split(256), y.split(256), strict=True)
+    hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in batches)
+    return hits / len(y)
+
+
+def plain_finetune(model: nn.Module, data, epochs: int, lr: float, seed: int) -> dict:
+    """The peers' fine-tune, written here as a torch user writes it, with gcnshrink's budget:
+    Adam at ``lr``, cross-entropy, shuffled batches of 64, best validation epoch kept."""
+    torch.manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    best_val, best_state, best_epoch = -1.0, None, 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(data.y_train), generator=order).split(64):
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val = accuracy(model, data.x_val, data.y_val)
+        if val >= best_val:
+            best_val, best_epoch = val, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"finetune_seconds": time.perf_counter() - start, "best_epoch": best_epoch}
+
+
+def torch_prune(dense: nn.Module, rate: float) -> nn.Module:
+    """torch.nn.utils.prune: global L1 unstructured over every Linear/Conv weight."""
+    model = copy.deepcopy(dense)
+    prune.global_unstructured(
+        prunable_weights(model), pruning_method=prune.L1Unstructured, amount=rate
+    )
+    return model
+
+
+def tp_configs(model: nn.Module) -> list[tuple[str, dict]]:
+    """Torch-Pruning configurations, from its README's to the most hand-held, for this model."""
+    import torch_pruning as tp
+
+    last = [m for m in model.modules() if isinstance(m, PRUNABLE)][-1]  # the classifier
+    configs = [
+        ("README: global, group L1", {"global_pruning": True, "ignored_layers": [last]}),
+        ("per layer", {"global_pruning": False, "ignored_layers": [last]}),
+    ]
+    graph_layers = []
+    if hasattr(model, "st_gcn_networks"):  # stgcn: declare the K partitions of the graph conv
+        groups = {b.gcn.conv: b.gcn.partitions for b in model.st_gcn_networks}
+        unwrapped = [(p, 0) for p in getattr(model, "edge_importance", [])]
+        configs.append(
+            ("out_channel_groups = partitions, edge_importance on axis 0",
+             {"global_pruning": True, "ignored_layers": [last], "out_channel_groups": groups,
+              "unwrapped_parameters": unwrapped}),
+        )  # fmt: skip
+        graph_layers = [b.gcn.conv for b in model.st_gcn_networks]
+    if hasattr(model, "blocks"):  # gcn: declare the attention heads
+        groups = {}
+        for block in model.blocks:
+            for layer in (block.query, block.key, block.value):
+                groups[layer] = len(block.value_widths)
+        configs.append(
+            ("out_channel_groups = heads",
+             {"global_pruning": True, "ignored_layers": [last], "out_channel_groups": groups}),
+        )  # fmt: skip
+        graph_layers = list(model.blocks)
+    configs.append(
+        ("graph layers ignored",
+         {"global_pruning": True, "ignored_layers": [last, *graph_layers]}),
+    )  # fmt: skip
+    del tp
+    return configs
+
+
+def tp_prune(dense: nn.Module, example: torch.Tensor, config_index: int, ratio: float):
+    """Torch-Pruning at channel ratio ``ratio``; returns the pruned copy and, per module name,
+    which output channels it removed (for the channel-mapping check)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).eval()
+    _, config = tp_configs(model)[config_index]
+    names = {id(m): n for n, m in model.named_modules()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+            pruning_ratio=ratio, **config,
+        )  # fmt: skip
+        removed: dict[str, set[int]] = {}
+        for group in pruner.step(interactive=True):
+            for item in group.items:
+                module = item.dep.target.module
+                norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+                out = pruner.DG.is_out_channel_pruning_fn(item.dep.handler)
+                if id(module) in names and (norm or (out and isinstance(module, PRUNABLE))):
+                    removed.setdefault(names[id(module)], set()).update(int(i) for i in item.idxs)
+            group.prune()
+    return model, removed
+
+
+@torch.no_grad()
+def mapping_error(dense: nn.Module, pruned: nn.Module, removed: dict, x: torch.Tensor) -> float:
+    """Removing channels that carry only zeros must not change the logits: zero, in the dense
+    model, the output channels Torch-Pruning removed, and compare (max |Δ| / max |logit|)."""
+    reference = copy.deepcopy(dense).eval()
+    modules = dict(reference.named_modules())
+    for name, idxs in removed.items():
+        index = torch.tensor(sorted(idxs))
+        for p in (modules[name].weight, getattr(modules[name], "bias", None)):
+            if p is not None:
+                p[index] = 0
+    want = reference(x)
+    got = pruned.eval()(x)
+    if got.shape != want.shape:
+        return float("inf")
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def where(exc: BaseException) -> str:
+    """The innermost frame of the exception's traceback, as file:line (function)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1] if not isinstance(exc, OutOfTime) else frames[-2]
+    return f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno} ({frame.name})"
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text} (in {where(exc)})"
+
+
+class OutOfTime(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def cpu_limit(seconds: float):
+    """Raise OutOfTime after ``seconds`` of this process's CPU time (not wall time, so a loaded
+    machine does not cut a run short): Torch-Pruning can loop for minutes building its groups."""
+
+    def stop(signum, frame):
+        raise OutOfTime(f"no result after {seconds:g} s of CPU time")
+
+    previous = signal.signal(signal.SIGPROF, stop)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def tp_attempts(
+    dense: nn.Module, example: torch.Tensor, limit: float
+) -> tuple[list[dict], int | None]:
+    """Try each configuration at channel ratio 0.5: crash, wrong mapping, too slow, or usable."""
+    attempts, usable = [], None
+    for index, (name, _) in enumerate(tp_configs(dense)):
+        record = {"config": name}
+        try:
+            with cpu_limit(limit):
+                pruned, removed = tp_prune(dense, example, index, 0.5)
+            error = mapping_error(dense, pruned, removed, example)
+            record["removed_weights"] = 1 - weight_count(pruned) / weight_count(dense)
+            record["mapping_error"] = error
+            if error > 1e-4:
+                record["outcome"] = (
+                    f"wrong channel mapping: removing channels that carry only zeros changed "
+                    f"the logits by {error:.2g} (relative)"
+                )
+            else:
+                record["outcome"] = "ran"
+        except OutOfTime as exc:
+            record["outcome"] = f"too slow: {exc} (in {where(exc)})"
+        except Exception as exc:  # the peer's failure is the result
+            record["outcome"] = "crash: " + one_line(exc)
+        attempts.append(record)
+        if record["outcome"] == "ran":
+            usable = index
+            break
+    return attempts, usable
+
+
+def tp_at_rate(dense: nn.Module, example: torch.Tensor, index: int, rate: float) -> tuple:
+    """Search the channel ratio whose weight rate is closest above ``rate`` (or the highest)."""
+    total = weight_count(dense)
+    low, high, best = 0.0, 1.0, None
+    for _ in range(12):
+        mid = (low + high) / 2
+        try:
+            model, _ = tp_prune(dense, example, index, mid)
+            realized = 1 - weight_count(model) / total
+        except Exception:  # too high a ratio can empty a layer
+            high = mid
+            continue
+        if realized >= rate:
+            best, high = (model, realized, mid), mid
+        else:
+            low = mid
+            if best is None or realized > best[1] and best[1] < rate:
+                best = (model, realized, mid)
+    return best
+
+
+# ---------------------------------------------------------------- parts
+def accuracy_part(s: Settings, methods: list[str], log, result: dict, save) -> dict:
+    """Fills result's accuracy, timing and torch_pruning_attempts (saved after each dataset and
+    seed); returns the models that the deployment part measures."""
+    records, attempts, timing = (
+        result["accuracy"],
+        result["torch_pruning_attempts"],
+        result["timing"],
+    )
+    deploy_models = {}
+    for spec in s.datasets:
+        for seed in s.seeds:
+            data = load_data(spec, seed=seed)
+            config = TrainConfig(epochs=s.dense_epochs, seed=seed, progress=False)
+            ckpt, dense = api.train(data, "gcn", config=config, model_config=s.model_config)
+            epoch_s = dense["seconds"] / s.dense_epochs
+            base = {"data": spec, "seed": seed}
+            records.append({**base, "method": "dense", "rate": 0.0, "accuracy": dense["accuracy"],
+                            "val_accuracy": dense["val_accuracy"]})  # fmt: skip
+            timing.append({**base, "dense_epoch_seconds": epoch_s, "when": "dense training"})
+            log(f"{spec} seed {seed}: dense {dense['accuracy']:.3f} ({epoch_s:.2f} s/epoch)")
+            dense_model = ckpt.build_model().eval()
+            example = data.x_val[:4]
+            first = spec == s.datasets[0] and seed == s.seeds[0]
+            if first:
+                deploy_models["dense"] = dense_model
+            usable = None
+            if "torch-pruning" in s.peers:
+                tried, usable = tp_attempts(dense_model, example, s.tp_cpu_limit)
+                attempts.append({**base, "attempts": tried})
+                for t in tried:
+                    log(f"  torch-pruning [{t['config']}]: {t['outcome']}")
+            multi = None
+            if "mrmp" in methods:
+                multi = api.prune(
+                    ckpt, data, method="mrmp", rates=s.rates, epochs=s.finetune, lr=s.lr,
+                    seed=seed, progress=False, allow_collapse=True,
+                )  # fmt: skip
+            for rate in s.rates:
+                # a dense epoch between the rate blocks: the cost unit, under this block's load
+                _, ref = api.train(
+                    data, "gcn", config=TrainConfig(epochs=1, seed=seed, progress=False),
+                    model_config=s.model_config,
+                )  # fmt: skip
+                timing.append({**base, "dense_epoch_seconds": ref["seconds"], "when": rate})
+                for method in [*methods, *s.peers]:
+                    rec = {**base, "method": method, "rate": rate}
+                    try:
+                        model = run_method(s, method, ckpt, data, dense_model, example, rate,
+                                           seed, usable, multi, rec)  # fmt: skip
+                    except Exception as exc:
+                        if method in s.peers:  # a peer's crash is its result
+                            rec["error"] = one_line(exc)
+                            model = None
+                        else:
+                            raise
+                    records.append(rec)
+                    shown = f"{rec['accuracy']:.3f}" if "accuracy" in rec else rec.get("error")
+                    log(f"  {method} @ {rate:g}: {shown}")
+                    if first and rate == s.deploy_rate and model is not None:
+                        deploy_models[method] = model
+            save()
+    return deploy_models
+
+
+def run_method(s, method, ckpt, data, dense_model, example, rate, seed, usable, multi, rec):
+    if method == "mrmp" and len(s.rates) == 1:  # one rate: an ordinary single-rate checkpoint
+        rec.update({k: multi.summary[k] for k in ("accuracy", "realized_rate", "finetune_seconds")})
+        return multi.model.eval()
+    if method == "mrmp":
+        extracted = api.extract(multi.checkpoint, rate)
+        model = extracted.model.eval()
+        rec["accuracy"] = test_metrics(model, data.x_test, data.y_test, data.num_classes)[
+            "accuracy"
+        ]
+        rec["realized_rate"] = extracted.summary["realized_rate"]
+        rec["finetune_seconds"] = multi.summary["finetune_seconds"]
+        rec["note"] = "trained once for all rates"
+        return model
+    if method == "torch-prune":
+        model = torch_prune(dense_model, rate)
+        rec.update(plain_finetune(model, data, s.finetune, s.lr, seed))
+        rec["accuracy"] = accuracy(model, data.x_test, data.y_test)
+        kept = sum(int(m.weight_mask.sum()) for m, _ in prunable_weights(model))
+        rec["realized_rate"] = 1 - kept / weight_count(dense_model)
+        return model
+    if method == "torch-pruning":
+        if usable is None:
+            rec["error"] = "no configuration ran (see the attempts)"
+            return None
+        found = tp_at_rate(dense_model, example, usable, rate)
+        if found is None:
+            rec["error"] = "no channel ratio pruned without crashing"
+            return None
+        model, realized, ratio = found
+        rec["realized_rate"], rec["channel_ratio"] = realized, ratio
+        if realized < rate - 1e-3:
+            rec["note"] = f"reaches at most rate {realized:.4f}"
+        rec.update(plain_finetune(model, data, s.finetune, s.lr, seed))
+        rec["accuracy"] = accuracy(model, data.x_test, data.y_test)
+        return model
+    name, _, score = method.partition(":")
+    outcome = api.prune(
+        ckpt, data, method=name, rate=rate, epochs=s.finetune, lr=s.lr, seed=seed,
+        progress=False, allow_collapse=True, **({"score": score} if score else {}),
+    )  # fmt: skip
+    summary = outcome.summary
+    rec.update({k: summary[k] for k in ("accuracy", "realized_rate", "finetune_seconds")})
+    return outcome.model.eval()
+
+
+def file_bytes(obj) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return len(buffer.getvalue())
+
+
+def flops(model: nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(x)
+    return int(counter.get_total_flops())
+
+
+def latencies(s: Settings, path: Path, calibration: torch.Tensor) -> dict:
+    return {
+        f"latency_ms_b{b}": onnx_latency_ms(path, calibration[:b], repeats=s.latency_repeats)
+        for b in s.latency_batches
+    }
+
+
+def deploy_part(s: Settings, models: dict, data, work: Path, log) -> list[dict]:
+    calibration = data.x_val[: max(s.latency_batches)]
+    if s.deploy_methods is not None:
+        models = {k: v for k, v in models.items() if k in s.deploy_methods}
+    dense_flops = flops(models["dense"], calibration[:1])
+    rows = []
+    for method, model in models.items():
+        row = {"method": method, "rate": 0.0 if method == "dense" else s.deploy_rate}
+        try:
+            row.update(deploy_one(s, method, model, calibration, dense_flops, work))
+        except Exception as exc:
+            if method not in PEERS:
+                raise
+            row["error"] = one_line(exc)  # a peer whose output does not export: the result
+        rows.append(row)
+        log(f"  deploy {method}: {json.dumps(row)}")
+    base = rows[0]
+    for row in rows:
+        for b in s.latency_batches:
+            if f"latency_ms_b{b}" in row:
+                row[f"speedup_b{b}"] = base[f"latency_ms_b{b}"] / row[f"latency_ms_b{b}"]
+    return rows
+
+
+def deploy_one(s: Settings, method: str, model, calibration, dense_flops: int, work: Path) -> dict:
+    row = {}
+    onnx_path = work / f"{method.replace(':', '-')}.onnx"
+    if method == "torch-prune":
+        row["bytes_state_dict_with_masks"] = file_bytes(model.state_dict())
+        removed = copy.deepcopy(model)
+        for module, name in prunable_weights(removed):
+            prune.remove(module, name)
+        raw = io.BytesIO()
+        torch.save(removed.state_dict(), raw)
+        row["bytes_state_dict_removed"] = len(raw.getvalue())
+        row["bytes_gzip"] = len(gzip.compress(raw.getvalue(), 9))
+        exported = removed
+    elif method == "torch-pruning":
+        raw = io.BytesIO()
+        torch.save(model, raw)  # Torch-Pruning's docs: save the whole model object
+        row["bytes_model"] = len(raw.getvalue())
+        row["bytes_gzip"] = len(gzip.compress(raw.getvalue(), 9))
+        exported = model
+    else:
+        sizes = size_report(exportable_state(model.state_dict()))
+        row["bytes_dense"], row["bytes_gzip"] = sizes["bytes_dense"], sizes["bytes_gzip"]
+        if method != "dense":  # compacted, then its sparse safetensors (tensors only)
+            model = compact_model(model, calibration).model
+            sizes = size_report(exportable_state(model.state_dict()))
+            row["bytes_compact"] = sizes["bytes_dense"]
+            row["bytes_sparse"] = sizes["bytes_sparse"]
+            row["bytes_gzip"] = sizes["bytes_gzip"]
+        exported = model
+    if method in PEERS:  # as their users export: torch.onnx.export, dynamic batch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                exported.eval(), (calibration[:2],), str(onnx_path), dynamo=True,
+                input_names=["skeleton"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False, verbose=False,
+            )  # fmt: skip
+    else:
+        export_onnx(exported, calibration[:2], onnx_path, force=True)
+    row["bytes_onnx"] = onnx_path.stat().st_size
+    row.update(latencies(s, onnx_path, calibration))
+    row["params"] = sum(p.numel() for p in exported.parameters())
+    row["flop_ratio"] = flops(exported, calibration[:1]) / dense_flops
+    return row
+
+
+def scale_part(s: Settings, methods: list[str], log) -> list[dict]:
+    args = argparse.Namespace(**s.scale)
+    rows = []
+    for method in methods:
+        result = launch(args, method, 1, "fp32", "cpu")
+        rows.append({"method": method, **result})
+        log(f"  scale {method}: {result}")
+    rows.append({"method": "torch-prune (masked, plain loop)", **peer_throughput(s)})
+    log(f"  scale torch-prune: {rows[-1]}")
+    return rows
+
+
+def peer_throughput(s: Settings) -> dict:
+    """torch.nn.utils.prune's masked stgcn at 0.9 trained by the plain loop, timed like the
+    worker of benchmarks/throughput.py (median step after warm-up, one thread)."""
+    c = s.scale
+    data = ntu_data(c["batch_size"], c["warmup"] + c["steps"], c["frames"])
+    torch.manual_seed(0)
+    model = create_model("stgcn", num_classes=60, layout=data.layout, base_width=c["base_width"])
+    model = torch_prune(model, 0.9).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    batches = zip(
+        data.x_train.split(c["batch_size"]), data.y_train.split(c["batch_size"]), strict=True
+    )
+    for xb, yb in batches:
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[c["warmup"] :])
+    return {"samples_per_s": c["batch_size"] / step, "step_seconds": step}
+
+
+# ---------------------------------------------------------------- summary
+def render(result: dict) -> str:
+    s = result["settings"]
+    m = result["machine"]
+    lines = [
+        f"Command: `{result['command']}`",
+        "",
+        ("" if result["complete"] else "**Incomplete run** (stopped before its end). ")
+        + f"Run {result['started']} – {result['finished']} (wall {result['wall_seconds'] / 60:.1f} "
+        f"min, {result['cpu_seconds'] / 60:.1f} min of CPU) "
+        f"on {m['cores']} CPU cores ({m['cpu']}), torch {m['torch']}, {m['torch_threads']} torch "
+        f"thread; load average before {fmt_load(result['load_before'])}, after "
+        f"{fmt_load(m['load_average'])} (a shared machine: timings carry that load).",
+        "",
+        f"Default `gcn`{' ' + json.dumps(s['model_config']) if s['model_config'] else ''}, "
+        f"dense training {s['dense_epochs']} epochs; every method and peer fine-tuned "
+        f"{s['finetune']} epochs, Adam {s['lr']:g}, batch 64, best validation epoch. Test "
+        f"accuracy, {'mean ± std over seeds ' if len(s['seeds']) > 1 else 'seed '}"
+        f"{','.join(map(str, s['seeds']))}.",
+    ]
+    columns = [*result["methods"], *s["peers"]]
+    recs = result["accuracy"]
+    for spec in s["datasets"]:
+        dense = [r["accuracy"] for r in recs if r["data"] == spec and r["method"] == "dense"]
+        lines += ["", f"### Accuracy: {spec} (dense {fmt(dense)})", "",
+                  "| rate | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
+        for rate in s["rates"]:
+            row = [f"{rate:g}"]
+            for method in columns:
+                mine = [r for r in recs if r["data"] == spec and r["method"] == method
+                        and r["rate"] == rate]  # fmt: skip
+                values = [r["accuracy"] for r in mine if "accuracy" in r]
+                cell = fmt(values) if values else "fails"
+                short = [r for r in mine if "note" in r and "at most" in r["note"]]
+                if short:
+                    cell += f" (rate {min(r['realized_rate'] for r in short):.3f})"
+                row.append(cell)
+            lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "### Torch-Pruning on the graph convolution", ""]
+    seen = set()
+    for entry in result["torch_pruning_attempts"]:
+        if entry["data"] in seen:
+            continue
+        seen.add(entry["data"])
+        lines.append(f"{entry['data']} (`gcn`):")
+        lines += [f"- {a['config']}: {a['outcome']}" for a in entry["attempts"]]
+    for entry in result.get("torch_pruning_stgcn", []):
+        lines.append("")
+        lines.append("`stgcn` (NTU-sized, the scale model):")
+        lines += [f"- {a['config']}: {a['outcome']}" for a in entry["attempts"]]
+    lines += render_cost(result, columns)
+    lines += render_deploy(result)
+    lines += render_scale(result)
+    return "\n".join(lines) + "\n"
+
+
+def fmt_load(load: list[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
+def render_cost(result: dict, columns: list[str]) -> list[str]:
+    s = result["settings"]
+    lines = ["", "### Cost of pruning", "",
+             "Fine-tune wall time in dense training epochs (one dense epoch timed between the "
+             f"rate blocks of the same run), mean over rates and seeds; {s['finetune']} fine-tune "
+             "epochs each. `mrmp` trains once for every rate.", "",
+             "| data | dense epoch | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]  # fmt: skip
+    for spec in s["datasets"]:
+        epochs = [t["dense_epoch_seconds"] for t in result["timing"] if t["data"] == spec]
+        if not epochs:
+            continue
+        unit = statistics.median(epochs)
+        row = [spec, f"{unit:.2f} s"]
+        for method in columns:
+            secs = [r["finetune_seconds"] for r in result["accuracy"]
+                    if r["data"] == spec and r["method"] == method and "finetune_seconds" in r]  # fmt: skip
+            if method == "mrmp":
+                secs = secs[:: len(s["rates"])]  # one training per seed
+            row.append(f"{statistics.mean(secs) / unit:.1f}" if secs else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def kb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1000:,.1f} kB"
+
+
+def render_deploy(result: dict) -> list[str]:
+    if not result["deploy"]:
+        return []
+    s = result["settings"]
+    batches = s["latency_batches"]
+    lines = ["", f"### Deployment: {s['datasets'][0]} seed {s['seeds'][0]}, rate "
+             f"{s['deploy_rate']:g}", "",
+             "gcnshrink: dense safetensors → compacted → sparse safetensors (gzip -9 of the "
+             "compacted file); torch-prune: `torch.save(state_dict)` with masks → after "
+             "`prune.remove` (gzip); Torch-Pruning: `torch.save(model)` (gzip). ONNX latency "
+             f"(onnxruntime, CPU, median of {s['latency_repeats']}); FLOPs of one sample / dense.", "",
+             "| method | params | file bytes | gzip | ONNX | "
+             + " | ".join(f"latency b{b}" for b in batches)
+             + " | FLOPs / dense | " + " | ".join(f"speed-up b{b}" for b in batches) + " |",
+             "|---|---|---|---|---|" + "---|" * (2 * len(batches) + 1)]  # fmt: skip
+    for r in result["deploy"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | fails: {r['error']} |")
+            continue
+        if r["method"] == "torch-prune":
+            files = f"{kb(r['bytes_state_dict_with_masks'])} → {kb(r['bytes_state_dict_removed'])}"
+        elif r["method"] == "torch-pruning":
+            files = kb(r["bytes_model"])
+        elif r["method"] == "dense":
+            files = kb(r["bytes_dense"])
+        else:
+            files = f"{kb(r['bytes_dense'])} → {kb(r['bytes_compact'])} → {kb(r['bytes_sparse'])}"
+        lines.append(
+            f"| {r['method']} | {r['params']:,} | {files} | {kb(r.get('bytes_gzip'))} | "
+            f"{kb(r['bytes_onnx'])} | "
+            + " | ".join(f"{r[f'latency_ms_b{b}']:.3f} ms" for b in batches)
+            + f" | {r['flop_ratio']:.3f} | "
+            + " | ".join(f"{r[f'speedup_b{b}']:.2f}×" for b in batches)
+            + " |"
+        )
+    return lines
+
+
+def render_scale(result: dict) -> list[str]:
+    if not result["scale"]:
+        return []
+    c = result["settings"]["scale"]
+    lines = ["", "### Scale: stgcn training throughput", "",
+             f"`stgcn` base width {c['base_width']}, input (N, 3, {c['frames']}, 25, 2), batch "
+             f"{c['batch_size']}, 60 classes; median of {c['steps']} steps after {c['warmup']} "
+             "warm-up, one process, one thread; methods at rate 0.9 (mrmp 0.5 and 0.9).", "",
+             "| method | samples/s | relative to dense |", "|---|---|---|"]  # fmt: skip
+    dense = next((r for r in result["scale"] if r["method"] == "dense"), None)
+    for r in result["scale"]:
+        if "samples_per_s" in r:
+            rel = f"{r['samples_per_s'] / dense['samples_per_s']:.2f}" if dense else "-"
+            lines.append(f"| {r['method']} | {r['samples_per_s']:.1f} | {rel} |")
+        else:
+            lines.append(f"| {r['method']} | fails: {r.get('error')} | - |")
+    return lines
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="one seed, two rates: ~9 min of CPU")
+    mode.add_argument("--smoke", action="store_true", help="seconds; what the tests run")
+    parser.add_argument("--parts", default="accuracy,deploy,scale")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default=None, help="output stem (writes .json and .md)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    preset = SMOKE if args.smoke else QUICK if args.quick else FULL
+    s = Settings(**preset)
+    parts = args.parts.split(",")
+    if "torch-pruning" in s.peers:
+        try:
+            import torch_pruning  # noqa: F401
+        except ImportError:
+            if not args.smoke:
+                print("Torch-Pruning is not installed: pip install -e '.[bench]'", file=sys.stderr)
+                sys.exit(2)
+            s.peers = [p for p in s.peers if p != "torch-pruning"]  # the smoke runs without it
+    stem = "run_smoke" if args.smoke else "run_quick" if args.quick else "run"
+    out = Path(args.out) if args.out else RESULTS / stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    available = available_methods()
+    methods = [m for m in s.methods if m.partition(":")[0] in available]
+    started, load_before = time.time(), list(os.getloadavg())
+
+    def log(text: str) -> None:
+        print(f"[{time.time() - started:6.0f} s] {text}", flush=True)
+
+    result: dict = {
+        "command": "python benchmarks/run.py" + (" --quick" if args.quick else " --smoke" if args.smoke else ""),
+        "settings": asdict(s),
+        "methods": methods,
+        "missing_methods": [m for m in s.methods if m not in methods],
+        "load_before": load_before,
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "accuracy": [], "torch_pruning_attempts": [], "timing": [], "deploy": [], "scale": [],
+    }  # fmt: skip
+
+    def save(complete: bool = False) -> None:  # after every part: a stopped run keeps its results
+        result["machine"] = machine()
+        result["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        result["complete"] = complete
+        result["wall_seconds"] = time.time() - started
+        own, children = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
+        result["cpu_seconds"] = sum(r.ru_utime + r.ru_stime for r in (own, children))
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(render(result))
+
+    deploy_models = {}
+    if "accuracy" in parts or "deploy" in parts:
+        deploy_models = accuracy_part(s, methods, log, result, save)
+    if "deploy" in parts:
+        data = load_data(s.datasets[0], seed=s.seeds[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            result["deploy"] = deploy_part(s, deploy_models, data, Path(tmp), log)
+        save()
+    if "scale" in parts:
+        result["scale"] = scale_part(
+            s, [m for m in s.scale_methods if m == "dense" or m in available], log
+        )
+        if "torch-pruning" in s.peers and s.tp_stgcn:
+            c = s.scale
+            data = ntu_data(1, 2, c["frames"])
+            torch.manual_seed(0)
+            stgcn = create_model("stgcn", num_classes=60, layout=data.layout,
+                                 base_width=c["base_width"]).eval()  # fmt: skip
+            tried, _ = tp_attempts(stgcn, data.x_train[:2], s.tp_cpu_limit)
+            result["torch_pruning_stgcn"] = [{"data": "random:ntu", "attempts": tried}]
+            for t in tried:
+                log(f"  torch-pruning stgcn [{t['config']}]: {t['outcome']}")
+    save(complete=True)
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
