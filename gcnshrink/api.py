@@ -15,6 +15,7 @@ before each forward pass and adding ``method.loss()``, then
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,17 @@ import torch
 
 from gcnshrink.arguments import check_training
 from gcnshrink.checkpoint import Checkpoint, provenance
-from gcnshrink.compact import compact_model
+from gcnshrink.compact import check_align, compact_model
 from gcnshrink.data import SkeletonData
-from gcnshrink.defaults import FINETUNE_EPOCHS
-from gcnshrink.errors import GcnshrinkError
+from gcnshrink.defaults import COMPACT_ALIGN, FINETUNE_EPOCHS
+from gcnshrink.errors import GcnshrinkError, GcnshrinkNotice
 from gcnshrink.export import export_model
 from gcnshrink.gate import GateRun, budgets_from_options, run_gate
 from gcnshrink.measure import (
     measure_accuracy,
     measure_model,
     model_accuracy,
+    model_frames,
     multi_rate_record,
     refuse_multi_rate,
 )
@@ -115,9 +117,10 @@ def _model_name(model: Checkpoint | str | os.PathLike) -> str | None:
     return None if isinstance(model, Checkpoint) else str(model)
 
 
-def _load_options(arch: str | None, layout: str | None) -> dict:
-    """How to read a foreign checkpoint; ignored for gcnshrink's own files."""
-    return {"arch": arch, "layout": layout}
+def _load_options(arch: str | None, layout: str | None, arch_config: dict | None = None) -> dict:
+    """How to read a foreign checkpoint; ignored for gcnshrink's own files. ``arch_config``: the
+    keywords of a user's ``package.module:callable`` arch, or a zoo architecture's config."""
+    return {"arch": arch, "layout": layout, "config": arch_config}
 
 
 def evaluate(
@@ -128,6 +131,7 @@ def evaluate(
     arch: str | None = None,
     layout: str | None = None,
     rates: Sequence[float] | None = None,
+    arch_config: dict | None = None,
 ) -> dict:
     """Top-1 and mean per-class accuracy on the test split of a checkpoint, safetensors export or
     ONNX file: ``{"model", "data", "accuracy", "mean_class_accuracy", "samples"}``. For a
@@ -136,7 +140,7 @@ def evaluate(
     ...}]}``."""
     dataset = as_data(data, seed)
     if rates:
-        ckpt = as_checkpoint(model, **_load_options(arch, layout))
+        ckpt = as_checkpoint(model, **_load_options(arch, layout, arch_config))
         if multi_rate_record(ckpt) is None:
             raise GcnshrinkError(
                 "--rates evaluates extractions of a multi-rate checkpoint; this is one model "
@@ -164,7 +168,9 @@ def evaluate(
         refuse_multi_rate(model, None, "eval without --rates")
         metrics = model_accuracy(model.build_model(), dataset)
     else:
-        metrics = measure_accuracy(model, dataset, load_options=_load_options(arch, layout))
+        metrics = measure_accuracy(
+            model, dataset, load_options=_load_options(arch, layout, arch_config)
+        )
     return {
         "model": _model_name(model),
         "data": data if isinstance(data, str) else dataset.spec,
@@ -178,6 +184,7 @@ def inspect(
     latency: bool = False,
     arch: str | None = None,
     layout: str | None = None,
+    arch_config: dict | None = None,
 ) -> dict:
     """Everything :func:`gcnshrink.measure.measure_model` says about a model file, plus the
     per-tensor table (``layers``) of a checkpoint or safetensors file; ``latency`` adds the ONNX
@@ -186,7 +193,7 @@ def inspect(
         model,
         latency=latency,
         layers=True,
-        load_options=_load_options(arch, layout),
+        load_options=_load_options(arch, layout, arch_config),
         multi_rate_ok=True,
     )
 
@@ -194,13 +201,29 @@ def inspect(
 # ---------------------------------------------------------------------------- compact / export
 def calibration_inputs(
     ckpt: Checkpoint, data: SkeletonData | str | None = None, seed: int = 0, count: int = 64
-) -> tuple[torch.Tensor, SkeletonData]:
-    """Real inputs for compaction and parity checks: the validation split of ``data``, or of the
-    data the model was trained on (recorded in its provenance)."""
+) -> tuple[torch.Tensor, SkeletonData | None]:
+    """Inputs for compaction and parity checks: the validation split of ``data``, or of the data
+    the model was trained on (recorded in its provenance). A model without either (a foreign
+    checkpoint) gets ``count`` standard-normal inputs of its own shape (C, T, V, M), T = the
+    config's ``frames`` or 32, drawn with ``seed``, and a :class:`GcnshrinkNotice` saying so.
+
+    Made-up inputs are enough for compaction to be exact: the units it removes are those whose
+    activations do not depend on the input at all (docs/compaction.md). They only make the logit
+    and ONNX parity checks weaker than checks on real inputs, and fix T for the ONNX file."""
     prov = ckpt.provenance or {}
     data = data or prov.get("data") or (prov.get("source") or {}).get("data")
     if not data:
-        raise GcnshrinkError("compaction checks the logits on real inputs: pass --data")
+        shape = ckpt.arch_config.input_shape(count, model_frames(ckpt.config))
+        warnings.warn(
+            GcnshrinkNotice(
+                f"no --data and none recorded in the checkpoint: checking on {count} random "
+                f"inputs of the model's shape (C, T, V, M) = {shape[1:]}; pass --data to check on "
+                "real inputs and take their frame count"
+            ),
+            stacklevel=2,
+        )
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(shape, generator=generator), None
     dataset = as_data(data, seed)
     x = dataset.x_val if len(dataset.x_val) else dataset.x_train
     return x[:count], dataset
@@ -221,14 +244,18 @@ def compact(
     arch: str | None = None,
     layout: str | None = None,
     source_path: str | os.PathLike | None = None,
+    align: int = COMPACT_ALIGN,
+    arch_config: dict | None = None,
 ) -> CompactOutcome:
     """Remove dead and disconnected units structurally; raises if the logits change on real inputs
-    (``data``, default: the model's training data)."""
-    ckpt = as_checkpoint(model, **_load_options(arch, layout))
+    (``data``, default: the model's training data). ``align`` N > 1 keeps unit counts at
+    multiples of N (restoring the strongest removable units; docs/compaction.md, rule 8)."""
+    check_align(align)
+    ckpt = as_checkpoint(model, **_load_options(arch, layout, arch_config))
     source = source_path if isinstance(model, Checkpoint) else model
     refuse_multi_rate(ckpt, source, "compact")
     calibration, _ = calibration_inputs(ckpt, data, seed)
-    result = compact_model(ckpt.build_model(), calibration)
+    result = compact_model(ckpt.build_model(), calibration, align=align)
     prov = dict(ckpt.provenance)
     if source is not None:
         prov["compacted_from"] = str(source)
@@ -251,12 +278,16 @@ def export(
     force: bool = False,
     arch: str | None = None,
     layout: str | None = None,
+    align: int = COMPACT_ALIGN,
+    arch_config: dict | None = None,
 ) -> dict:
-    """Compact, then write and verify the chosen files into ``out_dir`` (model.onnx and
-    model.sparse.safetensors when none is chosen); returns export.json's summary."""
+    """Compact (``align``: as in :func:`compact`), then write and verify the chosen files into
+    ``out_dir`` (model.onnx and model.sparse.safetensors when none is chosen); returns
+    export.json's summary."""
     if not (onnx or sparse_onnx or safetensors or sparse or int8):
         onnx = sparse = True
-    ckpt = as_checkpoint(model, **_load_options(arch, layout))
+    check_align(align)
+    ckpt = as_checkpoint(model, **_load_options(arch, layout, arch_config))
     refuse_multi_rate(ckpt, _model_name(model), "export")
     calibration, _ = calibration_inputs(ckpt, data, seed)
     return export_model(
@@ -270,6 +301,7 @@ def export(
         int8=int8,
         sparse_onnx=sparse_onnx,
         force=force,
+        align=align,
     )
 
 
@@ -285,6 +317,9 @@ def sweep(
     seeds: Sequence[int] = (0,),
     progress: bool = True,
     method_options: dict[str, dict] | None = None,
+    arch: str | None = None,
+    layout: str | None = None,
+    arch_config: dict | None = None,
 ) -> dict[str, Path]:
     """Prune with every method at every rate (and seed), measure each compacted model, write
     results.json and the reports into ``out_dir``; resumable. Returns {name: written path}."""
@@ -298,6 +333,7 @@ def sweep(
         seeds=list(seeds),
         progress=progress,
         method_options=method_options,
+        load_options=_load_options(arch, layout, arch_config),
     )
 
 
@@ -327,6 +363,9 @@ def gate(
     max_latency_ms: str | float | None = None,
     min_accuracy: str | float | None = None,
     max_accuracy_drop: str | float | None = None,
+    arch: str | None = None,
+    layout: str | None = None,
+    arch_config: dict | None = None,
 ) -> GateRun:
     """Check ``model`` (default: the models configured in ``config_dir``) against budgets given
     here (as in the CLI: "64KB", "20k", "80%") over those configured. ``result.exit_code`` is 0
@@ -342,7 +381,13 @@ def gate(
         baseline=baseline,
         warn_only=warn_only,
     )
-    return run_gate(model, overrides, data=data, config_dir=config_dir)
+    return run_gate(
+        model,
+        overrides,
+        data=data,
+        config_dir=config_dir,
+        load_options=_load_options(arch, layout, arch_config),
+    )
 
 
 __all__ = [

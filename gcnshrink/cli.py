@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import shlex
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +23,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from gcnshrink.cli_methods import WithMethodOptions
-from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
-from gcnshrink.errors import GcnshrinkError
+from gcnshrink.defaults import COMPACT_ALIGN, FINETUNE_EPOCHS, FINETUNE_LR
+from gcnshrink.errors import GcnshrinkError, GcnshrinkNotice, PeerFailure
 
 # click's UsageError (typer vendors click, so it is reached through a public subclass)
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -107,17 +109,40 @@ def interrupted(exc: KeyboardInterrupt, message: str) -> Interrupted:
     return Interrupted(f"{verb}; {message}", getattr(exc, "code", 130))
 
 
+@contextlib.contextmanager
+def _notices_on_stderr():
+    """Each GcnshrinkNotice (a default gcnshrink chose, e.g. a data split) as one ``note:`` line
+    on stderr, every time; other warnings are shown as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GcnshrinkNotice)
+        show_other = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, GcnshrinkNotice):
+                text = " ".join(str(message).split())
+                err_console.print(f"note: {text}", highlight=False, soft_wrap=True)
+            else:
+                show_other(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def user_errors(fn):
     """Bad input becomes one line on stderr and exit code 2; Ctrl-C and SIGTERM one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _sigterm_as_interrupt():
+            with _sigterm_as_interrupt(), _notices_on_stderr():
                 return fn(*args, **kwargs)
         except GcnshrinkError as exc:
             message = " ".join(str(exc).split())  # one line, whatever a library put in it
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            # under torchrun every process prints its own line: say which one
+            tag = f" (rank {os.environ.get('RANK')})" if _under_torchrun() else ""
+            err_console.print(
+                f"[bold red]error{tag}:[/] {message}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             done = exc if isinstance(exc, Interrupted) else Interrupted()
@@ -125,6 +150,10 @@ def user_errors(fn):
             raise typer.Exit(done.code) from None
 
     return wrapper
+
+
+def _under_torchrun() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
 
 
 def print_json(obj) -> None:
@@ -183,13 +212,16 @@ def resumable(state: Path, resume: Path | None):
     resumed (a --resume file is the user's and stays)."""
     try:
         yield
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, PeerFailure) as exc:
+        # Ctrl-C, SIGTERM, or another torchrun process failing: the state is kept for --resume
         if not (state.is_file() and is_main_process()):
             raise
         from gcnshrink.checkpoint import read_torch_file
 
         epoch = read_torch_file(state).get("epoch", "?")
-        if sys.argv and "gcnshrink" in Path(sys.argv[0]).name:
+        if _under_torchrun():
+            how = f"rerun the same torchrun command with --resume {state} to continue"
+        elif sys.argv and "gcnshrink" in Path(sys.argv[0]).name:
             argv, skip = [], False
             for arg in sys.argv[1:]:  # the command as typed, without an earlier --resume
                 if skip or arg.startswith("--resume"):
@@ -200,6 +232,8 @@ def resumable(state: Path, resume: Path | None):
         else:
             how = f"rerun the same command with --resume {state} to continue"
         message = f"the run's state after epoch {epoch} is in {state}; {how}"
+        if isinstance(exc, PeerFailure):
+            raise PeerFailure(f"{exc}; {message}") from None
         raise interrupted(exc, message) from None
     except BaseException:
         if resume is None and is_main_process():
@@ -259,6 +293,14 @@ DataOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Random seed (data split, initialisation, batches).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+AlignOpt = Annotated[
+    int,
+    typer.Option(
+        "--align",
+        help="Keep every compacted width at a multiple of N by restoring the strongest removed "
+        "units (exact: the logits do not change); 1: as pruned.",
+    ),
+]
 # Filled in by describe_architectures once a command is chosen (see there).
 ARCHITECTURES = "{architectures}"
 ArchOpt = Annotated[
@@ -266,7 +308,8 @@ ArchOpt = Annotated[
     typer.Option(
         "--arch",
         help=f"Architecture of a foreign checkpoint: {ARCHITECTURES} (default: inferred from its "
-        "keys).",
+        "keys), or your own model as PACKAGE.MODULE:CALLABLE (its unit graph is derived by "
+        "tracing; needs --layout).",
     ),
 ]
 LayoutOpt = Annotated[
@@ -276,6 +319,27 @@ LayoutOpt = Annotated[
         help="Skeleton layout of a foreign checkpoint, e.g. ntu25 (default: inferred from its joint count).",
     ),
 ]
+ArchConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch-config",
+        help="JSON object: the keywords --arch PACKAGE.MODULE:CALLABLE is called with, or a zoo "
+        "architecture's config for a foreign checkpoint (default: read off its shapes).",
+    ),
+]
+
+
+def parse_arch_config(text: str | None) -> dict | None:
+    """--arch-config as a dict, or one clear line."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise GcnshrinkError(f"--arch-config is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise GcnshrinkError(f"--arch-config must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 BatchOpt = Annotated[
@@ -313,10 +377,12 @@ def is_main_process() -> bool:
     return distributed.is_main()
 
 
-def load_model_file(path: Path, arch: str | None, layout: str | None):
+def load_model_file(
+    path: Path, arch: str | None, layout: str | None, arch_config: str | None = None
+):
     from gcnshrink.checkpoint import load_checkpoint
 
-    return load_checkpoint(path, arch=arch, layout=layout)
+    return load_checkpoint(path, arch=arch, layout=layout, config=parse_arch_config(arch_config))
 
 
 # ---------------------------------------------------------------------------- train / eval / inspect
@@ -390,6 +456,7 @@ def eval_(
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
     rates: Annotated[
         str | None,
         typer.Option(
@@ -406,7 +473,10 @@ def eval_(
     from gcnshrink import api
 
     wanted = parse_rates(rates) if rates is not None else None
-    result = api.evaluate(model, data, seed=seed, arch=arch, layout=layout, rates=wanted)
+    result = api.evaluate(
+        model, data, seed=seed, arch=arch, layout=layout, rates=wanted,
+        arch_config=parse_arch_config(arch_config),
+    )  # fmt: skip
     if json_out:
         print_json(result)
     elif wanted:
@@ -439,6 +509,7 @@ def inspect(
     ] = False,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
 ):
     """Shapes, parameters, nonzeros, FLOPs, bytes on disk and topology of a model.
 
@@ -446,7 +517,10 @@ def inspect(
     """
     from gcnshrink import api
 
-    m = api.inspect(model, latency=latency, arch=arch, layout=layout)
+    m = api.inspect(
+        model, latency=latency, arch=arch, layout=layout,
+        arch_config=parse_arch_config(arch_config),
+    )  # fmt: skip
     if json_out:
         print_json(m)
         return
@@ -551,6 +625,7 @@ def _prune(
     ] = False,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
     resume: ResumeOpt = None,
@@ -572,7 +647,7 @@ def _prune(
     )
     rate_list = parse_rates(rates) if rates is not None else None
     state = run_state(output, resume, force)
-    ckpt = load_model_file(model, arch, layout)
+    ckpt = load_model_file(model, arch, layout, arch_config)
     dataset = load_spec(data, seed)
     with resumable(state, resume):
         outcome = api.prune(
@@ -697,14 +772,17 @@ def compact(
         typer.Option(
             "--data",
             "-d",
-            help="Data for the logit check (default: the data the model was trained on).",
+            help="Data for the logit check (default: the data the model was trained on; "
+            "without any, random inputs of the model's shape).",
         ),
     ] = None,
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    align: AlignOpt = COMPACT_ALIGN,
 ):
     """Remove dead and disconnected units structurally; the logits must not change.
 
@@ -714,7 +792,10 @@ def compact(
     from gcnshrink.checkpoint import save_checkpoint
 
     check_output(output, force)
-    outcome = api.compact(model, data, seed=seed, arch=arch, layout=layout)
+    outcome = api.compact(
+        model, data, seed=seed, arch=arch, layout=layout, align=align,
+        arch_config=parse_arch_config(arch_config),
+    )  # fmt: skip
     save_checkpoint(outcome.checkpoint, output, force=force)
     s = outcome.summary
     if json_out:
@@ -758,14 +839,19 @@ def export(
     data: Annotated[
         str | None,
         typer.Option(
-            "--data", "-d", help="Data for the parity checks (default: the model's training data)."
+            "--data",
+            "-d",
+            help="Data for the parity checks (default: the model's training data; without any, "
+            "random inputs of its shape, 32 frames).",
         ),
     ] = None,
     seed: SeedOpt = 0,
     arch: ArchOpt = None,
     layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    align: AlignOpt = COMPACT_ALIGN,
 ):
     """Compact the model, then write small safetensors and verified ONNX files.
 
@@ -787,6 +873,8 @@ def export(
         force=force,
         arch=arch,
         layout=layout,
+        arch_config=parse_arch_config(arch_config),
+        align=align,
     )
     if json_out:
         print_json(summary)
@@ -809,6 +897,9 @@ def sweep(
     rates: Annotated[str, typer.Option(help="Comma-separated rates.")] = "0.5,0.9,0.95,0.99",
     epochs: Annotated[int, typer.Option(help="Fine-tune epochs per cell.")] = FINETUNE_EPOCHS,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (one cell per seed).")] = "0",
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
 ):
     """Run every method at every rate; resumable. Writes results.json, report.md/html and plots.
 
@@ -831,6 +922,9 @@ def sweep(
             rates=numbers(rates, float, "rates"),
             epochs=epochs,
             seeds=numbers(seeds, int, "seeds"),
+            arch=arch,
+            layout=layout,
+            arch_config=parse_arch_config(arch_config),
         )
     except KeyboardInterrupt as exc:
         cells = output / "cells"
@@ -904,6 +998,9 @@ def gate(
     config_dir: Annotated[
         Path, typer.Option(help="Where to look for gcnshrink.toml / pyproject.toml.")
     ] = Path("."),
+    arch: ArchOpt = None,
+    layout: LayoutOpt = None,
+    arch_config: ArchConfigOpt = None,
     json_out: JsonOpt = False,
 ):
     """Check a model against size/accuracy budgets: exit 0 pass, 1 over budget, 2 bad input.
@@ -926,6 +1023,9 @@ def gate(
         max_latency_ms=max_latency_ms,
         min_accuracy=min_accuracy,
         max_accuracy_drop=max_accuracy_drop,
+        arch=arch,
+        layout=layout,
+        arch_config=parse_arch_config(arch_config),
     )
     for gated in run.models:
         if not json_out:

@@ -226,6 +226,16 @@ BAD_INPUTS = {
         out,
     ],
     "gate-missing-model": lambda m, spec, out: ["gate", "missing.pt", "--max-bytes", "1MB"],
+    "compact-align-0": lambda m, spec, out: [
+        "compact",
+        m,
+        "--data",
+        spec,
+        "-o",
+        out,
+        "--align",
+        "0",
+    ],
     "unknown-method": lambda m, spec, out: [
         "prune",
         m,
@@ -402,6 +412,25 @@ def test_compact_json_reports_widths_and_the_logit_check(cli, pruned_gcn, tmp_pa
     assert report["relative_diff"] <= 1e-5
     assert report["spaces"]["hidden"]["width_after"] <= report["spaces"]["hidden"]["width_before"]
     assert report["output"] == str(out)
+
+
+def test_compact_align_keeps_widths_at_multiples_and_the_predictions(
+    cli, pruned_gcn, tiny_spec, tmp_path
+):
+    plain = ok_json(cli("compact", pruned_gcn[0], "-o", tmp_path / "plain.pt", "--json"))
+    out = tmp_path / "aligned.pt"
+    report = ok_json(cli("compact", pruned_gcn[0], "-o", out, "--align", "8", "--json"))
+    assert report["relative_diff"] <= 1e-5
+    for name in ("hidden", "block0.out", "block1.out"):
+        space, before = report["spaces"][name], plain["spaces"][name]
+        assert space["width_after"] % 8 == 0 or space["width_after"] == space["width_before"]
+        assert space["width_after"] >= before["width_after"]
+    assert report["params_after"] >= plain["params_after"]
+    data_x = load_data_x(tiny_spec)
+    with torch.no_grad():
+        a = load_checkpoint(pruned_gcn[0]).build_model()(data_x).argmax(1)
+        b = load_checkpoint(out).build_model()(data_x).argmax(1)
+    assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------- the Python API
