@@ -41,7 +41,13 @@ from gcnshrink.models import (
     model_class,
     recognizing_models,
 )
-from gcnshrink.models.user import USER_ARCH, is_callable_spec, user_config
+from gcnshrink.models.user import (
+    USER_ARCH,
+    check_recorded_callable,
+    is_callable_spec,
+    name_callable,
+    user_config,
+)
 
 FORMAT = "gcnshrink/1"
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
@@ -326,6 +332,8 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load our checkpoints, our safetensors exports, or a foreign PyTorch checkpoint."""
     path = Path(path)
+    if is_callable_spec(arch):  # the user names their own code; a file alone never does
+        name_callable(arch)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     obj = read_torch_file(path)
@@ -383,6 +391,7 @@ def parse_metadata(meta: dict[str, str], path: str | Path) -> tuple:
             raise GcnshrinkError(
                 f"{path}: broken gcnshrink metadata ({key!r} is not JSON)"
             ) from None
+    check_recorded_callable(values["arch"], values["config"], path)
     return tuple(values.values())
 
 
@@ -397,6 +406,7 @@ def _checked(ckpt: Checkpoint, path: str | Path) -> Checkpoint:
         raise refuse(f"'arch' must be an architecture name, got {ckpt.arch!r:.60}")
     if not isinstance(ckpt.config, dict):
         raise refuse(f"'config' must be a dict, got {type(ckpt.config).__name__}")
+    check_recorded_callable(ckpt.arch, ckpt.config, path)
     if not isinstance(ckpt.state_dict, dict):
         raise refuse(f"'state_dict' must be a dict, got {type(ckpt.state_dict).__name__}")
     for key, value in ckpt.state_dict.items():

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from gcnshrink.checkpoint import load_checkpoint
+from gcnshrink.checkpoint import FORMAT, load_checkpoint
 from gcnshrink.cli import app
 from gcnshrink.compact import CompactionError, compact_model
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph.tracing import TracingError, derive_unit_graph, graph_differences
+from gcnshrink.layouts import get_layout
 from gcnshrink.models import available_models, create_model, model_class
 from gcnshrink.models.user import UserModel
 from gcnshrink.onnx_export import check_parity, export_onnx
@@ -401,8 +402,8 @@ def test_users_state_dict_loads_with_its_own_key_names(tmp_path):
 
 def test_cli_every_command_takes_the_users_model(user_state, tmp_path):
     """inspect, eval, prune and gate read the user's state dict with --arch (sweep too: the slow
-    test below); compact and export read gcnshrink's files, which record the callable, with no
-    --arch at all."""
+    test below); compact, export and eval read gcnshrink's files, which record the callable, with
+    the same --arch (the file alone never makes gcnshrink import and call code)."""
     arch = ["--arch", USER_MODELS["split_concat"], "--layout", LAYOUT]
     arch += ["--arch-config", '{"num_classes": 8}']
     data = "synthetic:sbu?train=40&test=20"
@@ -420,13 +421,44 @@ def test_cli_every_command_takes_the_users_model(user_state, tmp_path):
     )  # fmt: skip
     assert code == 0, out
     compacted = tmp_path / "compact.pt"
-    code, out = _run(["compact", str(pruned), "--data", data, "--output", str(compacted)])
+    named = ["--arch", USER_MODELS["split_concat"]]
+    code, out = _run(["compact", str(pruned), *named, "--data", data, "--output", str(compacted)])
     assert code == 0, out
-    code, out = _run(["export", str(compacted), "--sparse", "--output", str(tmp_path / "out")])
+    out_dir = tmp_path / "out"
+    code, out = _run(["export", str(compacted), *named, "--sparse", "--output", str(out_dir)])
     assert code == 0, out
-    exported = next((tmp_path / "out").glob("*.safetensors"))
-    code, out = _run(["eval", str(exported), "--data", data, "--json"])
+    exported = next(out_dir.glob("*.safetensors"))
+    code, out = _run(["eval", str(exported), *named, "--data", data, "--json"])
     assert code == 0, out
+
+
+def test_a_file_alone_never_makes_gcnshrink_call_code(tmp_path, monkeypatch):
+    """A crafted gcnshrink checkpoint recording ``os:system`` and a command as its "callable" is
+    refused in one line (exit 2) unless the user names that callable with --arch: the command is
+    never run."""
+    import gcnshrink.models.user as user
+
+    monkeypatch.setattr(user, "_NAMED_BY_USER", set())  # a fresh process: nothing named yet
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "hostile.pt"
+    config = {
+        "callable": "os:system",
+        "callable_config": {"command": f"touch {marker}"},
+        "layout": get_layout(LAYOUT).to_dict(),
+        "num_classes": 4,
+    }
+    state = {"fc.weight": torch.zeros(4, 3)}
+    torch.save({"format": FORMAT, "arch": "user", "config": config, "state_dict": state}, hostile)
+    for command in (
+        ["inspect", str(hostile)],
+        ["compact", str(hostile), "-o", str(tmp_path / "c")],
+    ):
+        code, out = _run(command)
+        assert code == 2, out
+        assert "pass --arch os:system" in out and "Traceback" not in out
+    with pytest.raises(GcnshrinkError, match="only when you name it"):
+        load_checkpoint(hostile)
+    assert not marker.exists()
 
 
 @pytest.mark.slow  # a minute on the shared machine; benchmarks/user_models.py sweeps them all

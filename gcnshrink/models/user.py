@@ -10,8 +10,8 @@ that derives from both :class:`UserModel` and the user's class, so its forward, 
 its state-dict keys are the user's, and gcnshrink's tools see a :class:`SkeletonModel`. The config
 records the callable, its keywords, the skeleton layout, the classes and, once compacted, the
 shape of every cut tensor, so gcnshrink's own files rebuild the model with the same flags.
-Loading such a file imports the named module: that is the user's choice (docs/security.md);
-nothing is ever executed from the file itself.
+Reading such a file needs the same ``--arch``: the user names the code, the file only records it
+(:func:`check_recorded_callable`, docs/security.md); nothing is ever executed from the file.
 
 The unit graph is the module's own ``unit_graph()`` when it defines one, else it is derived by
 :func:`gcnshrink.graph.tracing.derive_unit_graph`, and in both cases checked before it is used:
@@ -76,6 +76,31 @@ def import_callable(spec: str):
             f"--arch {spec}: {attribute!r} is a {type(obj).__name__}, not callable"
         )
     return obj
+
+
+# The callables the user named in this process (``--arch``, ``arch=`` in the API, or
+# :func:`user_config`). A gcnshrink file only *records* which callable built its model: one read
+# from a file is built only once the user has named it, so a crafted file cannot make gcnshrink
+# call, say, ``os:system`` with arguments of the file's choosing.
+_NAMED_BY_USER: set[str] = set()
+
+
+def name_callable(spec: str) -> None:
+    """The user names ``spec`` (``--arch``): files recording it as their model's may be read."""
+    import_callable(spec)  # a bad spec is refused here, in one line
+    _NAMED_BY_USER.add(spec)
+
+
+def check_recorded_callable(arch: object, config: object, path) -> None:
+    """Refuse a file whose model is a user's own callable the user has not named (see above)."""
+    if arch != USER_ARCH:
+        return
+    spec = config.get("callable") if isinstance(config, Mapping) else None
+    if spec not in _NAMED_BY_USER:
+        raise GcnshrinkError(
+            f"{path}: its model was built by your own code {spec!r}; gcnshrink imports and calls "
+            f"that only when you name it: pass --arch {spec} (docs/security.md)"
+        )
 
 
 def build_user_module(spec: str, arguments: Mapping[str, Any]) -> nn.Module:
@@ -286,6 +311,7 @@ def user_config(
     if layout is None:
         raise GcnshrinkError(f"--arch {spec}: pass --layout (the skeleton the model takes)")
     arguments = dict(arguments or {})
+    name_callable(spec)
     net = build_user_module(spec, arguments)
     config = {"callable": spec, "callable_config": arguments, "layout": layout.to_dict()}
     if num_classes is None:
