@@ -19,6 +19,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.errors import MarkupError
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -41,7 +43,9 @@ def _usage_errors_in_one_line():
         command = ctx.command_path if ctx is not None else "gcnshrink"
         message = " ".join(exc.format_message().split())
         err_console.print(
-            f"[bold red]error:[/] {message} (see {command} --help)", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(message)} (see {command} --help)",
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(2) from None
 
@@ -72,8 +76,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+class PlainValuesConsole(Console):
+    """Rich output whose interpolated values (paths, names from files) are never markup or
+    emoji: a file called ``a[/].pt`` or ``x:smile:.pt`` is printed as it is, not as a traceback
+    or a smiley. Messages built from user input are escaped where they are printed; this is the
+    net under every other line."""
+
+    def print(self, *objects, **kwargs) -> None:
+        try:
+            super().print(*objects, **kwargs)
+        except MarkupError:  # rendering fails before anything is written
+            super().print(*objects, **{**kwargs, "markup": False})
+
+
+console = PlainValuesConsole(emoji=False)
+err_console = PlainValuesConsole(stderr=True, emoji=False)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -120,7 +139,7 @@ def _notices_on_stderr():
         def show(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, GcnshrinkNotice):
                 text = " ".join(str(message).split())
-                err_console.print(f"note: {text}", highlight=False, soft_wrap=True)
+                err_console.print(f"note: {escape(text)}", highlight=False, soft_wrap=True)
             else:
                 show_other(message, category, filename, lineno, file, line)
 
@@ -141,7 +160,7 @@ def user_errors(fn):
             # under torchrun every process prints its own line: say which one
             tag = f" (rank {os.environ.get('RANK')})" if _under_torchrun() else ""
             err_console.print(
-                f"[bold red]error{tag}:[/] {message}", highlight=False, soft_wrap=True
+                f"[bold red]error{tag}:[/] {escape(message)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:

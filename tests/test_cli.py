@@ -455,3 +455,13 @@ def test_api_verbs_return_what_the_cli_prints(cli, pruned_gcn, exported_gcn, tin
     assert run.exit_code == 1 and [c.name for c in run.checks] == ["bytes"]
     with pytest.raises(GcnshrinkError, match="no budgets"):
         api.gate(model, config_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["x[/].pt", "x[bold]y:smile:.pt", "[red]a[/red].pt"])
+def test_markup_in_a_path_is_printed_as_it_is(cli, tmp_path, name):
+    """A file name with rich markup or an emoji code is bad input like any other: one line that
+    names it literally and exit code 2, never a MarkupError traceback or a smiley."""
+    result = cli("inspect", tmp_path / name)
+    assert result.exit_code == 2, result.output
+    assert f"{name}: no such file" in result.stderr
+    assert "Traceback" not in result.output and "MarkupError" not in repr(result.exception)
