@@ -1,7 +1,7 @@
 """gcnshrink beside its peers, in one run: accuracy at high rates, cost, deployment and scale.
 
     python benchmarks/run.py            # the full run (hours on 2 CPU cores, see docs/benchmarks.md)
-    python benchmarks/run.py --quick    # one seed, two rates, short training: ~9 min of CPU
+    python benchmarks/run.py --quick    # one seed, two rates, short training: ~7 min on 2 cores
     python benchmarks/run.py --smoke    # seconds: what the test suite runs, to catch breakage
 
 Writes ``<out>.json`` (every record) and ``<out>.md`` (the summary tables); ``--out`` defaults to
@@ -743,7 +743,7 @@ def render_scale(result: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one seed, two rates: ~9 min of CPU")
+    mode.add_argument("--quick", action="store_true", help="one seed, two rates: ~7 min on 2 cores")
     mode.add_argument("--smoke", action="store_true", help="seconds; what the tests run")
     parser.add_argument("--parts", default="accuracy,deploy,scale")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
