@@ -536,7 +536,16 @@ def import_foreign(
         cfg = dict(config)
     else:
         cls = model_class(arch if arch is not None else recognize_architecture(state))
-        cfg, state = cls.import_state(state, lay, num_classes)
+        try:
+            cfg, state = cls.import_state(state, lay, num_classes)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            # reading widths off the tensors of an edited or truncated file: a missing key or a
+            # tensor of the wrong rank is bad input, one line naming it
+            what = f"no tensor {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise GcnshrinkError(
+                f"{path}: its tensors do not make a {cls.arch} model ({what}); pass --arch if it "
+                "is another architecture"
+            ) from None
     ckpt = Checkpoint(
         cls.arch,
         json_safe(cls.make_config(cfg).to_dict()),

@@ -711,3 +711,25 @@ def test_a_state_file_is_refused_cleanly_when_it_is_not_one(cli, files, tmp_path
         from gcnshrink.prune import check_resume_state
 
         check_resume_state(bogus, torch.nn.Linear(1, 1), None)
+
+
+@pytest.mark.parametrize("arch", ["gcn", "stgcn", "agcn", "aagcn", "ctrgcn", "pyskl_stgcn"])
+def test_edited_foreign_state_dict_is_refused_in_one_line(arch, tmp_path):
+    """A bare state dict of a zoo model with a tensor removed, or replaced by a scalar, is bad
+    input: one GcnshrinkError line whichever tensor it is (the width inference used to raise
+    KeyError / IndexError tracebacks)."""
+    from gcnshrink.models import create_model, model_class
+
+    state = create_model(arch, **model_class(arch).tiny_config()).state_dict()
+    weights = [k for k, v in state.items() if k.endswith(".weight") and v.dim() >= 2]
+    path = tmp_path / "edited.pt"
+    for key in weights[:3] + weights[-2:]:
+        for edit in ("drop", "scalar"):
+            edited = {k: v for k, v in state.items() if not (k == key and edit == "drop")}
+            if edit == "scalar":
+                edited[key] = torch.zeros(())
+            torch.save(edited, path)
+            try:
+                load_checkpoint(path).build_model()
+            except GcnshrinkError as exc:
+                assert "\n" not in str(exc), str(exc)
