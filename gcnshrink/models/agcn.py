@@ -308,16 +308,9 @@ class AGCN(UpstreamStack):
                 False,
             )
             bn_binding(bindings, f"{pre}.tcn1.bn", direct(out, spec["out"]))
-            upstream.residual_bindings(
-                bindings,
-                links,
-                f"{pre}.residual",
-                spec["residual"],
-                (prev, prev_w),
-                (out, spec["out"]),
+            prev, prev_w = upstream.end_block(
+                bindings, links, probes, pre, spec, (prev, prev_w), out
             )
-            probes[out] = ActivationProbe(pre, 1)
-            prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
         weight_binding(
             bindings, "fc", direct(prev, prev_w), direct("classes", cfg.num_classes), True

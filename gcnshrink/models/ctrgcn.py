@@ -381,16 +381,9 @@ class CTRGCN(UpstreamStack):
                     weight_binding(bindings, f"{at}.0", direct(gcn, mid), segment, True)
                     bn_binding(bindings, f"{at}.1", segment)
             spaces.append(UnitSpace(out, spec["out"]))
-            upstream.residual_bindings(
-                bindings,
-                links,
-                f"{pre}.residual",
-                spec["residual"],
-                (prev, prev_w),
-                (out, spec["out"]),
+            prev, prev_w = upstream.end_block(
+                bindings, links, probes, pre, spec, (prev, prev_w), out
             )
-            probes[out] = ActivationProbe(pre, 1)
-            prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
         weight_binding(
             bindings, "fc", direct(prev, prev_w), direct("classes", cfg.num_classes), True

@@ -454,16 +454,9 @@ class PysklSTGCN(SkeletonModel):
                 probes[cat] = ActivationProbe(f"{pre}.tcn.transform.2", 1, input_of=True)
             norm(f"{pre}.tcn.bn", direct(out, spec["out"]))
             spaces.append(UnitSpace(out, spec["out"]))
-            upstream.residual_bindings(
-                bindings,
-                links,
-                f"{pre}.residual",
-                spec["residual"],
-                (prev, prev_w),
-                (out, spec["out"]),
+            prev, prev_w = upstream.end_block(
+                bindings, links, probes, pre, spec, (prev, prev_w), out
             )
-            probes[out] = ActivationProbe(pre, 1)
-            prev, prev_w = out, spec["out"]
         spaces.append(UnitSpace("classes", cfg.num_classes, "output"))
         weight("cls_head.fc_cls", direct(prev, prev_w), direct("classes", cfg.num_classes), True)
         return UnitGraph(spaces, bindings, links, probes)

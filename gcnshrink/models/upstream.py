@@ -8,7 +8,7 @@
   layer would;
 - the checks every block config makes (:func:`check_block_couplings`);
 - unit-graph bindings of convs and batch norms (:func:`weight_binding`, :func:`bn_binding`), and
-  of a block's residual (:func:`residual_bindings`);
+  of a block's residual and output probe (:func:`end_block`);
 - shape checks of foreign state dicts (:func:`shape_of`, :func:`layout_for`), the stack-level
   config of a 2s-AGCN-style file (:func:`stack_config`) and pyskl's renaming
   (:func:`rename_pyskl`).
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gcnshrink.errors import GcnshrinkError
-from gcnshrink.graph import AxisMap, Link, TensorBinding
+from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding
 from gcnshrink.layouts import LAYOUT_BY_JOINTS, Layout, get_layout
 from gcnshrink.models.base import MAX_COUNT, MAX_WIDTH, check_choice, check_int, check_list
 
@@ -146,21 +146,27 @@ def weight_binding(
         bindings.append(TensorBinding(f"{name}.bias", {0: target}))
 
 
-def residual_bindings(
+def end_block(
     bindings: list[TensorBinding],
     links: list[Link],
+    probes: dict[str, ActivationProbe],
     prefix: str,
-    kind: str,
+    spec: Mapping,
     source: tuple[str, int],
-    target: tuple[str, int],
-) -> None:
-    """A block's residual from space ``source`` to ``target`` ((name, width) each): a 1×1 conv +
-    BN (``{prefix}.conv``, ``{prefix}.bn``) that folds constants, an identity link, or none."""
-    if kind == "conv":
-        weight_binding(bindings, f"{prefix}.conv", direct(*source), direct(*target), True)
-        bn_binding(bindings, f"{prefix}.bn", direct(*target))
-    elif kind == "identity":
-        links.append(Link.identity(source[0], target[0], source[1]))
+    out: str,
+) -> tuple[str, int]:
+    """The end of block ``prefix`` whose units are space ``out`` (``spec["out"]`` wide): its
+    residual from ``source`` ((name, width)), a 1×1 conv + BN (``{prefix}.residual.conv`` /
+    ``.bn``) that folds constants, an identity link, or none (``spec["residual"]``), and the probe
+    on the block's output. Returns ``(out, width)``, the next block's source."""
+    target = (out, spec["out"])
+    if spec["residual"] == "conv":
+        weight_binding(bindings, f"{prefix}.residual.conv", direct(*source), direct(*target), True)
+        bn_binding(bindings, f"{prefix}.residual.bn", direct(*target))
+    elif spec["residual"] == "identity":
+        links.append(Link.identity(source[0], out, source[1]))
+    probes[out] = ActivationProbe(prefix, 1)
+    return target
 
 
 # ---------------------------------------------------------------------------- zero-width layers
