@@ -50,7 +50,7 @@ from gcnshrink.models.agcn import (
     BLOCK_KEYS as AGCN_BLOCK_KEYS,
 )
 from gcnshrink.models.agcn import (
-    Conv1x1Residual,
+    GcnTcnUnit,
     TemporalConv,
     UpstreamStack,
     check_block,
@@ -165,23 +165,10 @@ class AttentionGraphConv(nn.Module):
         return y
 
 
-class AAGCNBlock(nn.Module):
+class AAGCNBlock(GcnTcnUnit):
     def __init__(self, spec: dict, adjacency: torch.Tensor, attention: bool):
-        super().__init__()
-        self.gcn1 = AttentionGraphConv(spec, adjacency, attention)
-        self.tcn1 = TemporalConv(spec["mid"], spec["out"], spec["stride"])
-        self.residual_kind = spec["residual"]
-        if self.residual_kind == "conv":
-            self.residual = Conv1x1Residual(spec["in"], spec["out"], spec["stride"])
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tcn1(self.gcn1(x))
-        if self.residual_kind == "identity":
-            y = y + x
-        elif self.residual_kind == "conv":
-            y = y + self.residual(x)
-        return self.act(y)
+        gcn1 = AttentionGraphConv(spec, adjacency, attention)
+        super().__init__(gcn1, TemporalConv(spec["mid"], spec["out"], spec["stride"]), spec)
 
 
 @register_model("aagcn")

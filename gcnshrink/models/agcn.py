@@ -180,13 +180,14 @@ class AdaptiveGraphConv(nn.Module):
         return self.act(self.bn(y) + self.down(x))
 
 
-class AGCNBlock(nn.Module):
-    """``TCN_GCN_unit``: gcn1, tcn1, residual, ReLU."""
+class GcnTcnUnit(nn.Module):
+    """``TCN_GCN_unit`` of 2s-AGCN, MS-AAGCN and CTR-GCN: ReLU(tcn1(gcn1(x)) + residual(x)), the
+    residual a 1×1 conv + BN, the identity or none (``spec["residual"]``)."""
 
-    def __init__(self, spec: dict, adjacency: torch.Tensor):
+    def __init__(self, gcn1: nn.Module, tcn1: nn.Module, spec: dict):
         super().__init__()
-        self.gcn1 = AdaptiveGraphConv(spec, adjacency)
-        self.tcn1 = TemporalConv(spec["mid"], spec["out"], spec["stride"])
+        self.gcn1 = gcn1
+        self.tcn1 = tcn1
         self.residual_kind = spec["residual"]
         if self.residual_kind == "conv":
             self.residual = Conv1x1Residual(spec["in"], spec["out"], spec["stride"])
@@ -199,6 +200,14 @@ class AGCNBlock(nn.Module):
         elif self.residual_kind == "conv":
             y = y + self.residual(x)
         return self.act(y)
+
+
+class AGCNBlock(GcnTcnUnit):
+    """2s-AGCN's unit: adaptive graph convolution, (9, 1) temporal convolution."""
+
+    def __init__(self, spec: dict, adjacency: torch.Tensor):
+        gcn1 = AdaptiveGraphConv(spec, adjacency)
+        super().__init__(gcn1, TemporalConv(spec["mid"], spec["out"], spec["stride"]), spec)
 
 
 class UpstreamStack(SkeletonModel):

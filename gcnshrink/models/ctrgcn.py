@@ -44,7 +44,7 @@ from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import ActivationProbe, AxisMap, Link, TensorBinding, UnitGraph, UnitSpace
 from gcnshrink.layouts import Layout
 from gcnshrink.models import upstream
-from gcnshrink.models.agcn import Conv1x1Residual, UpstreamStack
+from gcnshrink.models.agcn import GcnTcnUnit, UpstreamStack
 from gcnshrink.models.base import (
     MAX_COUNT,
     MAX_WIDTH,
@@ -259,28 +259,16 @@ class MultiScaleTemporalConv(nn.Module):
         return self.act(torch.cat(outs, dim=1))
 
 
-class CTRGCNBlock(nn.Module):
+class CTRGCNBlock(GcnTcnUnit):
     """``TCN_GCN_unit``: gcn1, tcn1 (multi-scale), residual, ReLU."""
 
     def __init__(self, spec: dict, adjacency: torch.Tensor, pyskl: bool = False):
-        super().__init__()
         for branch in spec["tcn"]:
             if branch["kind"] == "conv" and branch["kernel"] % 2 == 0:
                 raise GcnshrinkError("CTR-GCN temporal branches need odd kernels")
-        self.gcn1 = CTRGraphConv(spec, adjacency, pyskl)
-        self.tcn1 = MultiScaleTemporalConv(spec["mid"], spec["tcn"], spec["stride"], pyskl)
-        self.residual_kind = spec["residual"]
-        if self.residual_kind == "conv":
-            self.residual = Conv1x1Residual(spec["in"], spec["out"], spec["stride"])
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tcn1(self.gcn1(x))
-        if self.residual_kind == "identity":
-            y = y + x
-        elif self.residual_kind == "conv":
-            y = y + self.residual(x)
-        return self.act(y)
+        gcn1 = CTRGraphConv(spec, adjacency, pyskl)
+        tcn1 = MultiScaleTemporalConv(spec["mid"], spec["tcn"], spec["stride"], pyskl)
+        super().__init__(gcn1, tcn1, spec)
 
 
 @register_model("ctrgcn")
