@@ -38,11 +38,12 @@ import shlex
 import shutil
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import onnx_runner, round_robin_ms  # benchmarks/common.py
 
 from gcnshrink import api
 from gcnshrink.checkpoint import load_checkpoint, save_checkpoint
@@ -52,7 +53,7 @@ from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.graph import masks_from_weights
 from gcnshrink.measure import count_flops
 from gcnshrink.models import create_model
-from gcnshrink.onnx_export import OnnxRunner, export_onnx, read_onnx
+from gcnshrink.onnx_export import export_onnx, read_onnx
 from gcnshrink.pruning.ctf import removed_by_granularity
 from gcnshrink.train import TrainConfig
 
@@ -60,44 +61,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 # ---------------------------------------------------------------------------- measuring
-def runner(path: Path, batch: int, threads: int) -> OnnxRunner:
-    """gcnshrink's onnxruntime runner, its session rebuilt with ``threads`` intra-op threads (0:
-    onnxruntime's default, one per core): on a shared machine, idle threads that spin waiting for
-    work make the timings of small models noisy."""
-    import onnxruntime as ort
-
-    out = OnnxRunner(path, batch_size=batch)
-    if threads:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        out.session = ort.InferenceSession(
-            read_onnx(path)[0], options, providers=["CPUExecutionProvider"]
-        )
-    return out
-
-
 def interleaved_latency_ms(
     paths: dict[str, Path], x: np.ndarray, rounds: int, threads: int, warmup: int = 3
 ):
     """Median onnxruntime time (ms) of one run of ``x`` as a batch, per model; the models take
     turns within every round, the order rotating from round to round."""
-    runners = {key: runner(path, max(1, len(x)), threads) for key, path in paths.items()}
-    feeds = {
-        key: {r.input_name: np.ascontiguousarray(x, dtype=r.input_dtype)}
+    runners = {key: onnx_runner(path, max(1, len(x)), threads) for key, path in paths.items()}
+    calls = {
+        key: partial(
+            r.session.run, None, {r.input_name: np.ascontiguousarray(x, dtype=r.input_dtype)}
+        )
         for key, r in runners.items()
     }
-    keys = list(runners)
-    times: dict[str, list[float]] = {key: [] for key in keys}
-    for i in range(warmup + rounds):
-        shift = i % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            runners[key].session.run(None, feeds[key])
-            if i >= warmup:
-                times[key].append((time.perf_counter() - start) * 1000.0)
-    return {key: statistics.median(values) for key, values in times.items()}
+    return round_robin_ms(calls, rounds, warmup)
 
 
 def granularity(model) -> dict:

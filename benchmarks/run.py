@@ -1,11 +1,24 @@
 """gcnshrink beside its peers, in one run: accuracy at high rates, cost, deployment and scale.
 
-    python benchmarks/run.py            # the full run (hours on 2 CPU cores, see docs/benchmarks.md)
+    python benchmarks/run.py --jobs 2   # the full run on 2 CPU cores (hours, see docs/benchmarks.md)
+    python benchmarks/run.py            # the same, its units one after the other in one process
     python benchmarks/run.py --quick    # one seed, two rates, short training: ~7 min on 2 cores
     python benchmarks/run.py --smoke    # seconds: what the test suite runs, to catch breakage
 
 Writes ``<out>.json`` (every record) and ``<out>.md`` (the summary tables); ``--out`` defaults to
-benchmarks/results/run (run_quick with --quick). Parts, in this order in one process:
+benchmarks/results/run (run_quick with --quick). Both are rewritten after every finished
+(dataset, seed) unit and every part, so a stopped run keeps its results (marked incomplete).
+
+``--jobs N`` runs the accuracy part's (dataset, seed) units in N worker processes (spawned, each
+with ``--threads`` torch threads); the records are merged back in (dataset, seed) order, so the
+output has the same form as with one process, and the first unit's models come back to this
+process for the deployment part. The timings of the accuracy part (fine-tunes, dense epochs) then
+run with N processes sharing the machine, as settings.jobs and settings.timing_note say in the
+JSON: the cost table stays valid (each fine-tune is divided by a dense epoch timed in the same
+unit), but absolute seconds are slower than alone. Deployment and scale run after the workers,
+in this process alone. A failing unit stops the run with its worker's traceback.
+
+Parts, in this order:
 
 1. **Accuracy** (``synthetic:hands`` and ``synthetic:sbu``, test split, mean ± std over seeds): for
    each dataset and seed the default ``gcn`` is trained (best epoch on validation), then pruned at
@@ -24,7 +37,10 @@ benchmarks/results/run (run_quick with --quick). Parts, in this order in one pro
    compacted safetensors, sparse safetensors, gzip -9 of the compacted file), onnxruntime latency
    at batch 1 and 32, FLOPs of one sample relative to dense beside the measured speed-up. Peers as
    their users save them: ``torch.save(state_dict)`` with the masks, then after ``prune.remove``
-   (and its gzip), Torch-Pruning's ``torch.save(model)``; ONNX by ``torch.onnx.export``.
+   (and its gzip), Torch-Pruning's ``torch.save(model)``; ONNX by ``torch.onnx.export``. Latency
+   is timed interleaved: every model's session is created first, then each round runs every
+   model once at each batch size, in an order shuffled every round (fixed seed), so that all see
+   the same machine load; the median over ``latency_repeats`` rounds, after one warm-up round.
 4. **Scale**: training throughput of ``stgcn`` on NTU-sized input (V=25, M=2), dense and under
    each method (``benchmarks/throughput.py``'s worker, one process), and the torch-prune masked
    model with the plain loop.
@@ -40,7 +56,10 @@ import copy
 import gzip
 import io
 import json
+import multiprocessing
 import os
+import pickle
+import queue
 import resource
 import signal
 import statistics
@@ -51,11 +70,13 @@ import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from common import fmt, machine
+from common import fmt, machine, onnx_runner, round_robin_ms
 from throughput import launch, ntu_data
 from torch import nn
 from torch.nn.utils import prune
@@ -67,7 +88,7 @@ from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.export import exportable_state
 from gcnshrink.models import create_model
-from gcnshrink.onnx_export import export_onnx, onnx_latency_ms
+from gcnshrink.onnx_export import export_onnx
 from gcnshrink.pruning import available_methods
 from gcnshrink.sparse_format import size_report
 from gcnshrink.train import TrainConfig
@@ -131,7 +152,8 @@ QUICK = dict(
     scale={"base_width": 16, "frames": 64, "batch_size": 16, "steps": 3, "warmup": 1},
 )  # fmt: skip
 SMOKE = dict(
-    datasets=["synthetic:sbu?train=64&test=32"], seeds=[0], rates=[0.9], dense_epochs=1, finetune=1,
+    datasets=["synthetic:sbu?train=64&test=32"], seeds=[0, 1], rates=[0.9], dense_epochs=1,
+    finetune=1,
     methods=["mp", "tcp", "mrmp"], deploy_rate=0.9, latency_batches=[1, 4], latency_repeats=2,
     deploy_methods=["dense", "mp", "torch-prune"],
     model_config={"heads": 2, "head_width": 4, "key_width": 2, "hidden": 16},
@@ -359,68 +381,203 @@ def tp_at_rate(dense: nn.Module, example: torch.Tensor, index: int, rate: float)
 
 
 # ---------------------------------------------------------------- parts
-def accuracy_part(s: Settings, methods: list[str], log, result: dict, save) -> dict:
-    """Fills result's accuracy, timing and torch_pruning_attempts (saved after each dataset and
-    seed); returns the models that the deployment part measures."""
-    records, attempts, timing = (
-        result["accuracy"],
-        result["torch_pruning_attempts"],
-        result["timing"],
-    )
+def accuracy_part(s: Settings, methods: list[str], log, result: dict, save, run: dict) -> dict:
+    """Fills result's accuracy, timing and torch_pruning_attempts, one (dataset, seed) unit at a
+    time, in that order, saved after every finished unit; returns the models that the deployment
+    part measures. ``run``: jobs (worker processes; 1: the units in this process, one after the
+    other), threads (torch threads of each worker), started (the run's start, for the log) and
+    work (the run's own temp folder)."""
+    units = [(spec, seed) for spec in s.datasets for seed in s.seeds]
+    done: dict[int, dict] = {}
+
+    def finished(index: int, out: dict) -> None:  # merged back in unit order, whatever finished
+        done[index] = out
+        for key in ("accuracy", "torch_pruning_attempts", "timing"):
+            result[key][:] = [r for i in sorted(done) for r in done[i][key]]
+        save()
+
+    if run["jobs"] <= 1 or len(units) == 1:
+        for index, (spec, seed) in enumerate(units):
+            finished(index, accuracy_unit(s, methods, spec, seed, log))
+    else:
+        in_workers(s, methods, units, run, finished)
+    return done[0]["deploy_models"]
+
+
+def accuracy_unit(s: Settings, methods: list[str], spec: str, seed: int, log) -> dict:
+    """One dataset and seed: its accuracy records, Torch-Pruning attempts and timing rows, and
+    (first dataset and seed only) the models that the deployment part measures."""
+    records, attempts, timing = [], [], []
     deploy_models = {}
-    for spec in s.datasets:
-        for seed in s.seeds:
-            data = load_data(spec, seed=seed)
-            config = TrainConfig(epochs=s.dense_epochs, seed=seed, progress=False)
-            ckpt, dense = api.train(data, "gcn", config=config, model_config=s.model_config)
-            epoch_s = dense["seconds"] / s.dense_epochs
-            base = {"data": spec, "seed": seed}
-            records.append({**base, "method": "dense", "rate": 0.0, "accuracy": dense["accuracy"],
-                            "val_accuracy": dense["val_accuracy"]})  # fmt: skip
-            timing.append({**base, "dense_epoch_seconds": epoch_s, "when": "dense training"})
-            log(f"{spec} seed {seed}: dense {dense['accuracy']:.3f} ({epoch_s:.2f} s/epoch)")
-            dense_model = ckpt.build_model().eval()
-            example = data.x_val[:4]
-            first = spec == s.datasets[0] and seed == s.seeds[0]
-            if first:
-                deploy_models["dense"] = dense_model
-            usable = None
-            if "torch-pruning" in s.peers:
-                tried, usable = tp_attempts(dense_model, example, s.tp_cpu_limit)
-                attempts.append({**base, "attempts": tried})
-                for t in tried:
-                    log(f"  torch-pruning [{t['config']}]: {t['outcome']}")
-            multi = None
-            if "mrmp" in methods:
-                multi = api.prune(
-                    ckpt, data, method="mrmp", rates=s.rates, epochs=s.finetune, lr=s.lr,
-                    seed=seed, progress=False, allow_collapse=True,
-                )  # fmt: skip
-            for rate in s.rates:
-                # a dense epoch between the rate blocks: the cost unit, under this block's load
-                _, ref = api.train(
-                    data, "gcn", config=TrainConfig(epochs=1, seed=seed, progress=False),
-                    model_config=s.model_config,
-                )  # fmt: skip
-                timing.append({**base, "dense_epoch_seconds": ref["seconds"], "when": rate})
-                for method in [*methods, *s.peers]:
-                    rec = {**base, "method": method, "rate": rate}
-                    try:
-                        model = run_method(s, method, ckpt, data, dense_model, example, rate,
-                                           seed, usable, multi, rec)  # fmt: skip
-                    except Exception as exc:
-                        if method in s.peers:  # a peer's crash is its result
-                            rec["error"] = one_line(exc)
-                            model = None
-                        else:
-                            raise
-                    records.append(rec)
-                    shown = f"{rec['accuracy']:.3f}" if "accuracy" in rec else rec.get("error")
-                    log(f"  {method} @ {rate:g}: {shown}")
-                    if first and rate == s.deploy_rate and model is not None:
-                        deploy_models[method] = model
-            save()
-    return deploy_models
+    data = load_data(spec, seed=seed)
+    config = TrainConfig(epochs=s.dense_epochs, seed=seed, progress=False)
+    ckpt, dense = api.train(data, "gcn", config=config, model_config=s.model_config)
+    epoch_s = dense["seconds"] / s.dense_epochs
+    base = {"data": spec, "seed": seed}
+    records.append({**base, "method": "dense", "rate": 0.0, "accuracy": dense["accuracy"],
+                    "val_accuracy": dense["val_accuracy"]})  # fmt: skip
+    timing.append({**base, "dense_epoch_seconds": epoch_s, "when": "dense training"})
+    log(f"{spec} seed {seed}: dense {dense['accuracy']:.3f} ({epoch_s:.2f} s/epoch)")
+    dense_model = ckpt.build_model().eval()
+    example = data.x_val[:4]
+    first = spec == s.datasets[0] and seed == s.seeds[0]
+    if first:
+        deploy_models["dense"] = dense_model
+    usable = None
+    if "torch-pruning" in s.peers:
+        tried, usable = tp_attempts(dense_model, example, s.tp_cpu_limit)
+        attempts.append({**base, "attempts": tried})
+        for t in tried:
+            log(f"  torch-pruning [{t['config']}]: {t['outcome']}")
+    multi = None
+    if "mrmp" in methods:
+        multi = api.prune(
+            ckpt, data, method="mrmp", rates=s.rates, epochs=s.finetune, lr=s.lr,
+            seed=seed, progress=False, allow_collapse=True,
+        )  # fmt: skip
+    for rate in s.rates:
+        # a dense epoch between the rate blocks: the cost unit, under this block's load
+        _, ref = api.train(
+            data, "gcn", config=TrainConfig(epochs=1, seed=seed, progress=False),
+            model_config=s.model_config,
+        )  # fmt: skip
+        timing.append({**base, "dense_epoch_seconds": ref["seconds"], "when": rate})
+        for method in [*methods, *s.peers]:
+            rec = {**base, "method": method, "rate": rate}
+            try:
+                model = run_method(s, method, ckpt, data, dense_model, example, rate,
+                                   seed, usable, multi, rec)  # fmt: skip
+            except Exception as exc:
+                if method in s.peers:  # a peer's crash is its result
+                    rec["error"] = one_line(exc)
+                    model = None
+                else:
+                    raise
+            records.append(rec)
+            shown = f"{rec['accuracy']:.3f}" if "accuracy" in rec else rec.get("error")
+            log(f"  {method} @ {rate:g}: {shown}")
+            if first and rate == s.deploy_rate and model is not None:
+                deploy_models[method] = model
+    return {"accuracy": records, "torch_pruning_attempts": attempts, "timing": timing,
+            "deploy_models": deploy_models, "example": example}  # fmt: skip
+
+
+# ---------------------------------------------------------------- --jobs: units in workers
+def in_workers(s: Settings, methods: list[str], units: list, run: dict, finished) -> None:
+    """Run the units in ``run["jobs"]`` spawned worker processes, calling ``finished(index,
+    output)`` in this process as each one ends (in the order they end). A unit that raises, or a
+    worker that dies, stops the run: the other workers are terminated and the error is raised
+    here with the worker's traceback."""
+    ctx = multiprocessing.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    jobs = min(run["jobs"], len(units))
+    for index, unit in enumerate(units):
+        tasks.put((index, *unit))
+    for _ in range(jobs):
+        tasks.put(None)  # one stop per worker, after the units
+    shared = {k: run[k] for k in ("threads", "started", "work")}
+    workers = [
+        ctx.Process(target=unit_worker, args=(s, methods, len(units), shared, tasks, results))
+        for _ in range(jobs)
+    ]
+    running: dict[int, int] = {}  # worker pid -> the unit it runs
+    try:
+        for worker in workers:
+            worker.start()
+        left = len(units)
+        while left:
+            message = next_message(results, workers, units, running)
+            if message is None:
+                continue
+            kind, index, payload = message
+            spec, seed = units[index]
+            if kind == "started":
+                running[payload] = index
+            elif kind == "failed":
+                raise RuntimeError(
+                    f"{spec} seed {seed} failed in a worker process; its traceback:\n{payload}"
+                )
+            else:
+                out = pickle.loads(payload)
+                if out["deploy_models"]:
+                    out["deploy_models"] = received_models(out["deploy_models"])
+                finished(index, out)
+                left -= 1
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join()
+
+
+def next_message(results, workers: list, units: list, running: dict) -> tuple | None:
+    """The next message of a worker, or None after a while without one; raises if a worker died
+    without reporting (killed from outside: no traceback to show) or all stopped early."""
+    try:
+        return results.get(timeout=2.0)
+    except queue.Empty:
+        pass
+    for worker in workers:
+        if worker.exitcode not in (None, 0):
+            unit = ""
+            if worker.pid in running:
+                unit = " while running {} seed {}".format(*units[running[worker.pid]])
+            raise RuntimeError(
+                f"a worker process died (exit code {worker.exitcode}){unit}; it left no traceback "
+                "(killed from outside, or out of memory?)"
+            )
+    if all(worker.exitcode == 0 for worker in workers):
+        raise RuntimeError("the worker processes stopped before every unit was reported")
+    return None
+
+
+def unit_worker(s: Settings, methods: list[str], count: int, run: dict, tasks, results) -> None:
+    """A worker process of ``--jobs``: takes units until told to stop; reports each as started,
+    then done (its output, the deployment models through a file of the run's temp folder) or
+    failed (its traceback)."""
+    torch.set_num_threads(run["threads"])
+    while (task := tasks.get()) is not None:
+        index, spec, seed = task
+        results.put(("started", index, os.getpid()))
+
+        def log(text: str, tag=f"[unit {index + 1}/{count}]") -> None:
+            print(f"[{time.time() - run['started']:6.0f} s] {tag} {text}", flush=True)
+
+        try:
+            out = accuracy_unit(s, methods, spec, seed, log)
+            example = out.pop("example")
+            if out["deploy_models"]:
+                out["deploy_models"] = sent_models(out["deploy_models"], example, Path(run["work"]))
+            # plain pickle: the queue's own would share tensors through this process, which may
+            # have exited by the time they are read
+            done = pickle.dumps(out)
+        except BaseException:
+            results.put(("failed", index, traceback.format_exc()))
+            return
+        results.put(("done", index, done))
+
+
+def sent_models(models: dict, x: torch.Tensor, work: Path) -> str:
+    """Save the deployment models whole (masked ones with their pruning hooks, Torch-Pruning's
+    with its new shapes) with their logits on ``x``, for ``received_models``."""
+    with torch.no_grad():
+        logits = {name: model.eval()(x) for name, model in models.items()}
+    path = work / "deploy_models.pt"
+    torch.save({"models": models, "x": x, "logits": logits}, path)
+    return str(path)
+
+
+def received_models(path: str) -> dict:
+    """The deployment models a worker saved, checked to give the same logits here. The file is
+    this run's own (its temp folder), so loading whole objects (not weights only) is safe."""
+    sent = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        for name, model in sent["models"].items():
+            got, want = model.eval()(sent["x"]), sent["logits"][name]
+            if not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+                raise RuntimeError(f"the {name} model changed on its way from the worker process")
+    return sent["models"]
 
 
 def run_method(s, method, ckpt, data, dense_model, example, rate, seed, usable, multi, rec):
@@ -481,38 +638,70 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def latencies(s: Settings, path: Path, calibration: torch.Tensor) -> dict:
-    return {
-        f"latency_ms_b{b}": onnx_latency_ms(path, calibration[:b], repeats=s.latency_repeats)
-        for b in s.latency_batches
-    }
-
-
 def deploy_part(s: Settings, models: dict, data, work: Path, log) -> list[dict]:
+    """Sizes, FLOPs and the ONNX file of every model first; then their latencies, timed
+    interleaved (``interleaved_latencies``)."""
     calibration = data.x_val[: max(s.latency_batches)]
     if s.deploy_methods is not None:
         models = {k: v for k, v in models.items() if k in s.deploy_methods}
     dense_flops = flops(models["dense"], calibration[:1])
-    rows = []
+    rows, onnx_paths = [], {}
     for method, model in models.items():
         row = {"method": method, "rate": 0.0 if method == "dense" else s.deploy_rate}
         try:
-            row.update(deploy_one(s, method, model, calibration, dense_flops, work))
+            found, onnx_paths[method] = deploy_one(method, model, calibration, dense_flops, work)
+            row.update(found)
         except Exception as exc:
             if method not in PEERS:
                 raise
             row["error"] = one_line(exc)  # a peer whose output does not export: the result
         rows.append(row)
-        log(f"  deploy {method}: {json.dumps(row)}")
+    latency = interleaved_latencies(s, onnx_paths, calibration)
     base = rows[0]
     for row in rows:
+        if isinstance(latency.get(row["method"]), str):
+            row["error"] = latency[row["method"]]
+        elif row["method"] in latency:
+            row.update(latency[row["method"]])
         for b in s.latency_batches:
             if f"latency_ms_b{b}" in row:
                 row[f"speedup_b{b}"] = base[f"latency_ms_b{b}"] / row[f"latency_ms_b{b}"]
+        log(f"  deploy {row['method']}: {json.dumps(row)}")
     return rows
 
 
-def deploy_one(s: Settings, method: str, model, calibration, dense_flops: int, work: Path) -> dict:
+def interleaved_latencies(s: Settings, paths: dict[str, Path], calibration) -> dict:
+    """onnxruntime (CPU, default threads) latency of every model at every batch size, timed
+    interleaved so that every model sees the same machine load: all sessions are created first,
+    then each round runs every model once at each batch size, in an order shuffled every round
+    (fixed seed); after one warm-up round, the median of ``latency_repeats`` rounds. Per method:
+    its ``latency_ms_b{batch}`` values, or the one-line error of a peer whose ONNX does not run."""
+    out, calls = {}, {}
+    for method, path in paths.items():
+        try:
+            runner = onnx_runner(path, max(s.latency_batches))
+            feeds = {
+                b: {runner.input_name: np.ascontiguousarray(calibration[:b].numpy(),
+                                                            dtype=runner.input_dtype)}
+                for b in s.latency_batches
+            }  # fmt: skip
+            for feed in feeds.values():  # runs at all: a peer's export can fail only here
+                runner.session.run(None, feed)
+        except Exception as exc:
+            if method not in PEERS:
+                raise
+            out[method] = one_line(exc)
+            continue
+        for b, feed in feeds.items():
+            calls[(method, b)] = partial(runner.session.run, None, feed)
+    medians = round_robin_ms(calls, s.latency_repeats, warmup=1, shuffle_seed=0)
+    for (method, b), ms in medians.items():
+        out.setdefault(method, {})[f"latency_ms_b{b}"] = ms
+    return out
+
+
+def deploy_one(method: str, model, calibration, dense_flops: int, work: Path) -> tuple[dict, Path]:
+    """The model's file sizes, parameters and FLOP ratio, and its ONNX file."""
     row = {}
     onnx_path = work / f"{method.replace(':', '-')}.onnx"
     if method == "torch-prune":
@@ -552,10 +741,9 @@ def deploy_one(s: Settings, method: str, model, calibration, dense_flops: int, w
     else:
         export_onnx(exported, calibration[:2], onnx_path, force=True)
     row["bytes_onnx"] = onnx_path.stat().st_size
-    row.update(latencies(s, onnx_path, calibration))
     row["params"] = sum(p.numel() for p in exported.parameters())
     row["flop_ratio"] = flops(exported, calibration[:1]) / dense_flops
-    return row
+    return row, onnx_path
 
 
 def scale_part(s: Settings, methods: list[str], log) -> list[dict]:
@@ -606,7 +794,8 @@ def render(result: dict) -> str:
         f"min, {result['cpu_seconds'] / 60:.1f} min of CPU) "
         f"on {m['cores']} CPU cores ({m['cpu']}), torch {m['torch']}, {m['torch_threads']} torch "
         f"thread; load average before {fmt_load(result['load_before'])}, after "
-        f"{fmt_load(m['load_average'])} (a shared machine: timings carry that load).",
+        f"{fmt_load(m['load_average'])} (a shared machine: timings carry that load)."
+        + (f" With `--jobs {s['jobs']}`: {s['timing_note']}." if s.get("jobs", 1) > 1 else ""),
         "",
         f"Default `gcn`{' ' + json.dumps(s['model_config']) if s['model_config'] else ''}, "
         f"dense training {s['dense_epochs']} epochs; every method and peer fine-tuned "
@@ -648,6 +837,18 @@ def render(result: dict) -> str:
     lines += render_deploy(result)
     lines += render_scale(result)
     return "\n".join(lines) + "\n"
+
+
+def timing_note(workers: int) -> str:
+    """What the accuracy part's timings shared the machine with (settings.timing_note)."""
+    if workers <= 1:
+        return "accuracy part in one process: fine-tune and dense-epoch timings run one at a time"
+    return (
+        f"accuracy part in {workers} worker processes sharing the machine: fine-tune and "
+        "dense-epoch timings carry each other's load (the cost table divides each fine-tune by a "
+        "dense epoch timed in the same unit, so it stays comparable); deployment latency and "
+        "scale run after the workers, in one process"
+    )
 
 
 def fmt_load(load: list[float]) -> str:
@@ -692,7 +893,9 @@ def render_deploy(result: dict) -> list[str]:
              "gcnshrink: dense safetensors → compacted → sparse safetensors (gzip -9 of the "
              "compacted file); torch-prune: `torch.save(state_dict)` with masks → after "
              "`prune.remove` (gzip); Torch-Pruning: `torch.save(model)` (gzip). ONNX latency "
-             f"(onnxruntime, CPU, median of {s['latency_repeats']}); FLOPs of one sample / dense.", "",
+             "(onnxruntime, CPU, the models interleaved: each round runs every model at each "
+             f"batch size, in a shuffled order; median of {s['latency_repeats']} rounds after a "
+             "warm-up round); FLOPs of one sample / dense.", "",
              "| method | params | file bytes | gzip | ONNX | "
              + " | ".join(f"latency b{b}" for b in batches)
              + " | FLOPs / dense | " + " | ".join(f"speed-up b{b}" for b in batches) + " |",
@@ -746,9 +949,15 @@ def main() -> None:
     mode.add_argument("--quick", action="store_true", help="one seed, two rates: ~7 min on 2 cores")
     mode.add_argument("--smoke", action="store_true", help="seconds; what the tests run")
     parser.add_argument("--parts", default="accuracy,deploy,scale")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (per process)")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="worker processes for the accuracy part's (dataset, seed) units (default 1: none)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="output stem (writes .json and .md)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     torch.set_num_threads(args.threads)
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     s = Settings(**preset)
@@ -771,9 +980,11 @@ def main() -> None:
     def log(text: str) -> None:
         print(f"[{time.time() - started:6.0f} s] {text}", flush=True)
 
+    workers = min(args.jobs, len(s.datasets) * len(s.seeds))
     result: dict = {
-        "command": "python benchmarks/run.py" + (" --quick" if args.quick else " --smoke" if args.smoke else ""),
-        "settings": asdict(s),
+        "command": "python benchmarks/run.py" + (" --quick" if args.quick else " --smoke" if args.smoke else "")
+                   + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+        "settings": {**asdict(s), "jobs": args.jobs, "timing_note": timing_note(workers)},
         "methods": methods,
         "missing_methods": [m for m in s.methods if m not in methods],
         "load_before": load_before,
@@ -794,14 +1005,16 @@ def main() -> None:
         out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
         out.with_suffix(".md").write_text(render(result))
 
-    deploy_models = {}
-    if "accuracy" in parts or "deploy" in parts:
-        deploy_models = accuracy_part(s, methods, log, result, save)
-    if "deploy" in parts:
-        data = load_data(s.datasets[0], seed=s.seeds[0])
-        with tempfile.TemporaryDirectory() as tmp:
+    # the run's own files: ONNX exports, the deployment models a worker hands back
+    with tempfile.TemporaryDirectory(prefix="gcnshrink-run-") as tmp:
+        deploy_models = {}
+        if "accuracy" in parts or "deploy" in parts:
+            run = {"jobs": args.jobs, "threads": args.threads, "started": started, "work": tmp}
+            deploy_models = accuracy_part(s, methods, log, result, save, run)
+        if "deploy" in parts:
+            data = load_data(s.datasets[0], seed=s.seeds[0])
             result["deploy"] = deploy_part(s, deploy_models, data, Path(tmp), log)
-        save()
+            save()
     if "scale" in parts:
         result["scale"] = scale_part(
             s, [m for m in s.scale_methods if m == "dense" or m in available], log

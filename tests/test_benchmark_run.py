@@ -1,6 +1,8 @@
-"""benchmarks/run.py, the side-by-side benchmark, in its smallest configuration (``--smoke``): every
-part runs and writes its JSON and Markdown, so a change that breaks the harness fails here and not
-hours into a full run. Figures are not checked: they are measurements (docs/benchmarks.md)."""
+"""benchmarks/run.py, the side-by-side benchmark, in its smallest configuration (``--smoke``, two
+seeds): every part runs and writes its JSON and Markdown, so a change that breaks the harness fails
+here and not hours into a full run. The smoke runs with ``--jobs 2`` (each seed in a worker
+process) and its records are compared with the same units run in one process. Figures are not
+checked: they are measurements (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -11,33 +13,46 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_run_writes_every_part(tmp_path):
-    stem = tmp_path / "run"
+def smoke(folder: Path, *options: str) -> tuple[dict, str]:
+    stem = folder / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(stem)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", *options, "--out", str(stem)],
+        capture_output=True, text=True, env=env, cwd=folder, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(stem.with_suffix(".json").read_text())
-    summary = stem.with_suffix(".md").read_text()
+    return json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md").read_text()
+
+
+@pytest.fixture(scope="module")
+def smoke_jobs_2(tmp_path_factory):
+    return smoke(tmp_path_factory.mktemp("jobs2"), "--jobs", "2")
+
+
+def test_smoke_run_writes_every_part(smoke_jobs_2):
+    result, summary = smoke_jobs_2
 
     peers = ["torch-prune"]
     if importlib.util.find_spec("torch_pruning") is not None:
         peers.append("torch-pruning")
     assert result["settings"]["peers"] == peers
-    # one record per method and peer at the rate, each with an accuracy or a recorded failure
-    cells = {r["method"]: r for r in result["accuracy"] if r["rate"] == 0.9}
-    assert set(cells) == {*result["methods"], *peers}
-    for method, record in cells.items():
-        assert "accuracy" in record or "error" in record, method
-        assert 0.0 <= record.get("accuracy", 0.0) <= 1.0
-    # gcnshrink's methods land on the rate exactly; torch's global L1 too
-    for method in [*result["methods"], "torch-prune"]:
-        assert abs(cells[method]["realized_rate"] - 0.9) < 1e-3, method
+    # per seed, one record per method and peer at the rate, with an accuracy or a recorded failure
+    for seed in result["settings"]["seeds"]:
+        cells = {
+            r["method"]: r for r in result["accuracy"] if r["rate"] == 0.9 and r["seed"] == seed
+        }
+        assert set(cells) == {*result["methods"], *peers}
+        for method, record in cells.items():
+            assert "accuracy" in record or "error" in record, method
+            assert 0.0 <= record.get("accuracy", 0.0) <= 1.0
+        # gcnshrink's methods land on the rate exactly; torch's global L1 too
+        for method in [*result["methods"], "torch-prune"]:
+            assert abs(cells[method]["realized_rate"] - 0.9) < 1e-3, method
     if "torch-pruning" in peers:  # each configuration tried has an outcome, the last one ran
         attempts = result["torch_pruning_attempts"][0]["attempts"]
         assert all(a["outcome"] for a in attempts)
@@ -54,3 +69,34 @@ def test_smoke_run_writes_every_part(tmp_path):
     for heading in ("### Accuracy", "### Cost of pruning", "### Deployment", "### Scale"):
         assert heading in summary
     assert "python benchmarks/run.py --smoke" in summary
+
+
+def test_jobs_merge_the_units_back_in_order(smoke_jobs_2, tmp_path):
+    """``--jobs 2`` ran each seed in its own worker: the records come back in (dataset, seed)
+    order, the same as the units run one after the other in one process, and the first unit's
+    models reached the deployment part."""
+    result, summary = smoke_jobs_2
+    assert result["settings"]["jobs"] == 2 and result["settings"]["seeds"] == [0, 1]
+    assert "2 worker processes" in result["settings"]["timing_note"]
+    assert "python benchmarks/run.py --smoke --jobs 2" in summary and "With `--jobs 2`" in summary
+    alone, _ = smoke(tmp_path, "--parts", "accuracy")  # --jobs 1: the same units in this process
+    assert alone["settings"]["jobs"] == 1
+
+    def units(records):
+        return [(r["data"], r["seed"]) for r in records]
+
+    assert units(result["accuracy"]) == units(alone["accuracy"])
+    assert units(result["accuracy"]) == sorted(units(result["accuracy"]))
+    assert units(result["timing"]) == units(alone["timing"])
+    assert units(result["torch_pruning_attempts"]) == units(alone["torch_pruning_attempts"])
+
+    def same(record):  # everything but the timings; the seeds make the rest repeat
+        return {k: v for k, v in record.items() if k != "finetune_seconds"}
+
+    assert [same(r) for r in result["accuracy"]] == [same(r) for r in alone["accuracy"]]
+    assert result["torch_pruning_attempts"] == alone["torch_pruning_attempts"]
+    # the deployment models came back from the worker of seed 0: every row measured
+    deploy = [r["method"] for r in result["deploy"]]
+    assert deploy == result["settings"]["deploy_methods"]
+    for row in result["deploy"]:
+        assert all(row[f"latency_ms_b{b}"] > 0 for b in result["settings"]["latency_batches"])
