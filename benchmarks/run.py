@@ -56,6 +56,7 @@ import copy
 import gzip
 import io
 import json
+import math
 import multiprocessing
 import os
 import pickle
@@ -68,7 +69,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -107,8 +108,12 @@ class Settings:
     seeds: list[int]
     rates: list[float]
     dense_epochs: int
-    finetune: int
+    finetune: int  # epochs, unless finetune_steps is set
     lr: float = FINETUNE_LR
+    # the fine-tune budget in optimizer steps (batches of 64), as whole epochs of each dataset:
+    # synthetic:sbu has 4 batches an epoch and synthetic:hands 12, so the same number of epochs
+    # would give sbu a third of the updates (docs/methods.md, "Extreme rates")
+    finetune_steps: int | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     peers: list[str] = field(default_factory=lambda: list(PEERS))
     model_config: dict = field(default_factory=dict)
@@ -123,7 +128,7 @@ class Settings:
     # stgcn throughput: base width, frames, batch, timed steps, warm-up steps
     scale: dict = field(
         default_factory=lambda: {
-            "base_width": 64, "frames": 64, "batch_size": 16, "steps": 10, "warmup": 2
+            "base_width": 64, "frames": 64, "batch_size": 16, "steps": 6, "warmup": 1
         }
     )  # fmt: skip
     scale_methods: list[str] = field(
@@ -142,7 +147,8 @@ class Settings:
 
 FULL = dict(
     datasets=["synthetic:hands", "synthetic:sbu"], seeds=[0, 1, 2],
-    rates=[0.9, 0.95, 0.98, 0.99, 0.995, 0.998], dense_epochs=150, finetune=20,
+    rates=[0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999], dense_epochs=150, finetune=20,
+    finetune_steps=240,
 )  # fmt: skip
 QUICK = dict(
     datasets=["synthetic:hands", "synthetic:sbu"], seeds=[0], rates=[0.99, 0.998],
@@ -410,12 +416,14 @@ def accuracy_unit(s: Settings, methods: list[str], spec: str, seed: int, log) ->
     records, attempts, timing = [], [], []
     deploy_models = {}
     data = load_data(spec, seed=seed)
+    if s.finetune_steps:  # this dataset's epochs for the budget in steps
+        s = replace(s, finetune=math.ceil(s.finetune_steps / math.ceil(len(data.x_train) / 64)))
     config = TrainConfig(epochs=s.dense_epochs, seed=seed, progress=False)
     ckpt, dense = api.train(data, "gcn", config=config, model_config=s.model_config)
     epoch_s = dense["seconds"] / s.dense_epochs
     base = {"data": spec, "seed": seed}
     records.append({**base, "method": "dense", "rate": 0.0, "accuracy": dense["accuracy"],
-                    "val_accuracy": dense["val_accuracy"]})  # fmt: skip
+                    "val_accuracy": dense["val_accuracy"], "finetune_epochs": s.finetune})  # fmt: skip
     timing.append({**base, "dense_epoch_seconds": epoch_s, "when": "dense training"})
     log(f"{spec} seed {seed}: dense {dense['accuracy']:.3f} ({epoch_s:.2f} s/epoch)")
     dense_model = ckpt.build_model().eval()
@@ -799,7 +807,7 @@ def render(result: dict) -> str:
         "",
         f"Default `gcn`{' ' + json.dumps(s['model_config']) if s['model_config'] else ''}, "
         f"dense training {s['dense_epochs']} epochs; every method and peer fine-tuned "
-        f"{s['finetune']} epochs, Adam {s['lr']:g}, batch 64, best validation epoch. Test "
+        f"{finetune_budget(result)}, Adam {s['lr']:g}, batch 64, best validation epoch. Test "
         f"accuracy, {'mean ± std over seeds ' if len(s['seeds']) > 1 else 'seed '}"
         f"{','.join(map(str, s['seeds']))}.",
     ]
@@ -855,12 +863,21 @@ def fmt_load(load: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in load)
 
 
+def finetune_budget(result: dict) -> str:
+    s = result["settings"]
+    if not s.get("finetune_steps"):
+        return f"{s['finetune']} epochs"
+    epochs = {r["data"]: r["finetune_epochs"] for r in result["accuracy"] if "finetune_epochs" in r}
+    shown = ", ".join(f"{e} on {spec}" for spec, e in epochs.items())
+    return f"{s['finetune_steps']} steps ({shown} epochs)"
+
+
 def render_cost(result: dict, columns: list[str]) -> list[str]:
     s = result["settings"]
     lines = ["", "### Cost of pruning", "",
              "Fine-tune wall time in dense training epochs (one dense epoch timed between the "
-             f"rate blocks of the same run), mean over rates and seeds; {s['finetune']} fine-tune "
-             "epochs each. `mrmp` trains once for every rate.", "",
+             f"rate blocks of the same run), mean over rates and seeds; {finetune_budget(result)} "
+             "each. `mrmp` trains once for every rate.", "",
              "| data | dense epoch | " + " | ".join(columns) + " |",
              "|---|---|" + "---|" * len(columns)]  # fmt: skip
     for spec in s["datasets"]:

@@ -11,7 +11,8 @@ per tensor and the units left alive (accessible and co-accessible) per hidden sp
 delivered model, so a collapse can be traced to the layer that lost its last units.
 
 A method is written ``name`` or ``name:key=value+key=value`` (options of that method; ``mp:lamp``
-is short for ``mp:score=lamp``), so tcp's alternatives are measured with its own options:
+is short for ``mp:score=lamp``), so tcp's alternatives are measured with its own options; ``lr`` and
+``finetune`` there override ``--lr`` and ``--finetune`` for that method (``tcp:lr=0.01``):
 
     python benchmarks/tcp_extreme.py --cache /work/i11_cache                     # the full study
     python benchmarks/tcp_extreme.py --datasets synthetic:hands --seeds 0 \\
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import fmt  # noqa: E402  (benchmarks/common.py)
 from mrmp import dense_model  # noqa: E402  (shared: the cached dense model)
 
 from gcnshrink import api  # noqa: E402
@@ -99,6 +102,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=150, help="dense training epochs")
     parser.add_argument("--finetune", type=int, default=20, help="fine-tune epochs, every method")
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="instead of --finetune: this many optimizer steps (batches of 64) on every dataset, "
+        "as whole epochs (synthetic:hands has 12 batches an epoch, synthetic:sbu 4)",
+    )
     parser.add_argument("--lr", type=float, default=FINETUNE_LR, help="fine-tune Adam rate")
     parser.add_argument("--cache", default=None, help="folder keeping the dense models")
     parser.add_argument("--threads", type=int, default=1)
@@ -131,6 +141,9 @@ def main() -> None:
     for spec in args.datasets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = load_data(spec, seed=seed)
+            epochs = args.finetune
+            if args.finetune_steps:  # the same number of steps on every dataset
+                epochs = math.ceil(args.finetune_steps / math.ceil(len(data.x_train) / 64))
             ckpt, dense = dense_model(spec, seed, args.epochs, data, args.cache)
             print(f"{spec} seed {seed}: dense {dense['accuracy']:.3f}", flush=True)
             if (spec, seed, "dense", 0.0) not in done:
@@ -138,12 +151,15 @@ def main() -> None:
                             dense["accuracy"]))  # fmt: skip
             for label in args.methods.split(","):
                 name, options = parse_method(label)
+                # fine-tune settings may be set per method too (``tcp:lr=0.01+finetune=40``)
+                lr = float(options.pop("lr", args.lr))
+                finetune = int(options.pop("finetune", epochs))
                 todo = [r for r in rates if (spec, seed, label, r) not in done]
                 if not todo:
                     continue
                 if name == "mrmp":  # one multi-rate fine-tune, every rate extracted from it
                     multi = api.prune(
-                        ckpt, data, method=name, rates=rates, epochs=args.finetune, lr=args.lr,
+                        ckpt, data, method=name, rates=rates, epochs=finetune, lr=lr,
                         seed=seed, progress=False, **options,
                     )  # fmt: skip
                     for rate in todo:
@@ -154,13 +170,14 @@ def main() -> None:
                     continue
                 for rate in todo:
                     outcome = api.prune(
-                        ckpt, data, method=name, rate=rate, epochs=args.finetune, lr=args.lr,
+                        ckpt, data, method=name, rate=rate, epochs=finetune, lr=lr,
                         seed=seed, progress=False, allow_collapse=True, **options,
                     )  # fmt: skip
                     s = outcome.summary
                     keep(record(spec, seed, label, rate, s["accuracy"], outcome.model,
                                 dense["accuracy"], {"realized_rate": s["realized_rate"],
-                                "finetune_seconds": s["finetune_seconds"]}))  # fmt: skip
+                                "finetune_seconds": s["finetune_seconds"],
+                                "finetune_epochs": finetune}))  # fmt: skip
     write(out, {"args": vars(args), "records": records})
     partial.unlink(missing_ok=True)
 
@@ -183,6 +200,11 @@ def write(out: Path, result: dict) -> None:
     print(out.with_suffix(".md").read_text())
 
 
+def epochs_by_data(recs: list[dict]) -> str:
+    got = {r["data"]: r["finetune_epochs"] for r in recs if "finetune_epochs" in r}
+    return ", ".join(f"{spec} {epochs}" for spec, epochs in got.items())
+
+
 CHANCE = {"synthetic:hands": 1 / 14, "synthetic:sbu": 1 / 8}
 
 
@@ -194,7 +216,12 @@ def render(result: dict) -> str:
     command = (
         f"python benchmarks/tcp_extreme.py --datasets {a['datasets']} --seeds {a['seeds']} "
         f"--rates {a['rates']} --methods {a['methods']} --epochs {a['epochs']} "
-        f"--finetune {a['finetune']} --lr {a['lr']:g}"
+        + (
+            f"--finetune-steps {a['finetune_steps']} "
+            if a.get("finetune_steps")
+            else f"--finetune {a['finetune']} "
+        )
+        + f"--lr {a['lr']:g}"
     )
     if result.get("merged"):
         command = f"{command} (several runs, merged: --merge {' '.join(result['merged'])})"
@@ -202,7 +229,13 @@ def render(result: dict) -> str:
         f"Command: `{command}`",
         "",
         f"Default `gcn`, dense training {a['epochs']} epochs; every method fine-tuned "
-        f"{a['finetune']} epochs with Adam at {a['lr']:g}, batch 64, best epoch on validation "
+        + (
+            f"{a['finetune_steps']} steps (whole epochs: {epochs_by_data(recs)})"
+            if a.get("finetune_steps")
+            else f"{a['finetune']} epochs"
+        )
+        + f" with Adam at {a['lr']:g} (unless its label sets `lr` or "
+        "`finetune`), batch 64, best epoch on validation "
         "(mrmp: one multi-rate fine-tune of that length for all the rates). Test accuracy, "
         "mean ± std over the seeds (n = seeds); a cell marked `(k at chance)` has k seeds within "
         "2 pp of chance.",
@@ -237,14 +270,6 @@ def render(result: dict) -> str:
                     cells = [f"{statistics.mean(g[s] for g in got):.0f}" for s in spaces]
                     lines.append(f"| {method} | {rate:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1%}"
-    return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """TCP: the consistency guarantee at exact rates, the trainable reparametrization, the post-hoc oracle."""
 
+import copy
+
 import pytest
 import torch
 from tiny_zoo import tiny_builders, tiny_gcn
@@ -323,10 +325,44 @@ def test_steering_zero_leaves_the_budget_to_the_weights_that_carry_signal():
     model = gcn()
     steering = steering_tensors(model.unit_graph())
     assert steering == {f"blocks.{b}.{p}.weight" for b in range(3) for p in ("query", "key")}
-    shared = method_on(gcn(), "tcp", 0.99, steering=1.0).masks_at(0.99)
+    shared = method_on(gcn(), "tcp", 0.99, steering=1.0, steering_share=0.0).masks_at(0.99)
     assert sum(int(shared[n].sum()) for n in steering) > 0
     method = method_on(model, "tcp", 0.99, steering=0.0)
     masks = method.masks_at(0.99)
     assert sum(int(masks[n].sum()) for n in steering) == 0
     assert sum(int(m.sum()) for m in masks.values()) == method.target_budget
     assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.998])
+def test_steering_share_caps_the_attention_weights_at_their_dense_share(rate):
+    """--steering-share 1 (the default): the query/key weights hold at most their share of the
+    dense weights in the projection tcp starts from, and none when that share is below one weight
+    per query/key dimension (gcn at 0.998: LAMP alone gives them most of the budget there); the
+    masks stay exact and consistent; 0 lifts the cap."""
+    from gcnshrink.models import create_model
+    from gcnshrink.pruning.tcp import steering_tensors
+
+    torch.manual_seed(0)
+    model = create_model("gcn", layout="hand21", num_classes=14)
+    graph = model.unit_graph()
+    steering = steering_tensors(graph)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    dense_share = sum(sizes[n] for n in steering) / sum(sizes[b.name] for b in graph.prunable)
+    dimensions = sum(graph.width(graph.binding_by_name[n].target) for n in steering)
+
+    def steering_kept(share):
+        method = method_on(copy.deepcopy(model), "tcp", rate, steering_share=share)
+        masks = method.masks_at(rate)
+        assert sum(int(m.sum()) for m in masks.values()) == method.target_budget
+        assert topology_summary(graph, masks)["inconsistent_connections"] == 0
+        return sum(int(masks[n].sum()) for n in steering), method.target_budget
+
+    uncapped, budget = steering_kept(0.0)
+    capped, _ = steering_kept(1.0)
+    assert capped <= dense_share * budget + 1
+    if dense_share * budget >= dimensions:  # 0.9: capped, not removed
+        assert rate == 0.9 and capped > dimensions
+    else:  # 0.998: too few for one weight per query/key dimension, so no attention
+        assert rate == 0.998 and capped == 0
+        assert uncapped > 3 * dense_share * budget  # what LAMP alone gives them

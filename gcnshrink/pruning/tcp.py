@@ -28,9 +28,12 @@ What is implemented (docs/methods.md has the reasoning):
 
 Extreme rates (0.995-0.999, docs/methods.md and benchmarks/tcp_extreme.py): the projection of the
 dense weights is at chance before any fine-tune, so the fine-tune retrains the subnetwork rather
-than adjusts it, and what limits it is how many units the budget keeps on the signal path.
-``steering`` scales down the scores of query/key weights (which only steer attention) in every
-projection, leaving more of the budget to the value, fc and classifier weights. Two alternatives
+than adjusts it. Three things decide whether it recovers: how many units the budget leaves on the
+signal path, the fine-tune's learning rate (gcnshrink's default is 1e-2) and its number of steps.
+LAMP normalises each tensor on its own, so the small query/key tensors (which only steer
+attention) took 60-65 % of the budget at 0.998; ``steering_share`` (default 1) caps them at their
+share of the dense weights (:func:`capped_steering`), leaving the rest to the value, fc and
+classifier weights. ``steering`` scales their scores (0: no attention at all). Two alternatives
 are kept as options because they were measured: ``gradual`` (the kept count shrinks geometrically
 from ``gradual_from``'s budget to the rate's over that fraction of the fine-tune, re-projecting
 the trained subnetwork every 20 %; no epoch is selected before the rate is reached) and
@@ -48,6 +51,7 @@ budget handed to the next-largest consistent ones, then masked fine-tuning with 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -162,6 +166,38 @@ def steering_tensors(graph: UnitGraph) -> set[str]:
     }
 
 
+def capped_steering(
+    scores: dict[str, torch.Tensor], steering: set[str], share: float, budget: int, units: int
+) -> dict[str, torch.Tensor]:
+    """Scores with which the steering-only tensors take at most ``share`` × their share of the
+    prunable weights of a ``budget``: their ``cap`` best entries are scaled down (never up) to just
+    above the best score of the others that the budget leaves out, the rest of them to 0, so a
+    projection fills the budget with other weights first. When the cap is below ``units`` (the
+    steering tensors' target units: one weight per query/key dimension) it is 0: no attention.
+
+    Why (docs/methods.md, "Extreme rates"): LAMP normalises each tensor on its own, so at 0.998
+    the six small query/key tensors of gcn took 60-65 % of the budget (8 % of the weights) and
+    left the signal path a few units wide. Attention off at every rate costs 1.6 pp at 0.9 on
+    hands (3 seeds); a capped but thin attention (fewer weights than query/key dimensions) was
+    6 pp below none at 0.998."""
+    steer = torch.cat([scores[n].reshape(-1) for n in sorted(steering)])
+    other = torch.cat([s.reshape(-1) for n, s in scores.items() if n not in steering])
+    cap = min(int(share * budget * steer.numel() / (steer.numel() + other.numel())), budget)
+    if cap < units:
+        cap = 0
+    if cap >= steer.numel() or budget - cap >= other.numel():
+        return scores  # the cap leaves every steering entry, or the others cannot fill the rest
+    ranked = steer.sort(descending=True).values
+    edge = float(other.sort(descending=True).values[budget - cap])
+    least = float(ranked[cap - 1]) if cap > 0 else math.inf  # the cap-th best steering score
+    factor = min(1.0, 1.0001 * edge / least) if cap > 0 and least > 0 else 1.0
+    out = dict(scores)
+    for name in steering:
+        s = scores[name]
+        out[name] = torch.where(s >= least, s * factor, torch.zeros_like(s))
+    return out
+
+
 # ---------------------------------------------------------------------------- the methods
 @dataclass
 class ProjectionOptions:
@@ -229,6 +265,12 @@ class TCPOptions(ProjectionOptions):
     gradual_from: float = option(
         0.9, "Rate the gradual schedule starts from (no schedule when it is not below the rate)."
     )
+    steering_share: float = option(
+        1.0,
+        "Most share of the budget that weights which only steer attention (query/key) may take "
+        "in the projection, as a multiple of their share of the dense weights; none when that is "
+        "less than one weight per query/key dimension (0: no cap; global scope).",
+    )
 
     def __post_init__(self) -> None:
         for key in ("budget_weight", "temperature_start", "temperature_end"):
@@ -237,6 +279,10 @@ class TCPOptions(ProjectionOptions):
                 raise GcnshrinkError(f"--{flag} must be positive, got {getattr(self, key)}")
         if not 0.0 <= self.steering <= 1.0:
             raise GcnshrinkError(f"--steering must be between 0 and 1, got {self.steering}")
+        if not self.steering_share >= 0.0:  # also refuses NaN
+            raise GcnshrinkError(
+                f"--steering-share must be 0 (no cap) or positive, got {self.steering_share}"
+            )
         if not 0.0 <= self.gradual <= 1.0:  # also refuses NaN
             raise GcnshrinkError(f"--gradual must be between 0 and 1, got {self.gradual}")
         if not 0.0 <= self.gradual_from < 1.0:
@@ -258,7 +304,7 @@ class TopologicallyConsistentPruning(ConsistentProjection):
         ramps = self.options.gradual > 0 and start < rate
         self.start_budget = max(self.budget(start), self.target_budget) if ramps else None
         self.current_budget = self.start_budget or self.target_budget
-        masks = self.project(self.scores(), self.current_budget)
+        masks = self.project(self.scores(self.current_budget), self.current_budget)
         if self.options.rescale:
             self.rescale(masks)
         latent_all = {b.name: latent_weight(self.model, b.name) for b in self.graph.prunable}
@@ -269,13 +315,18 @@ class TopologicallyConsistentPruning(ConsistentProjection):
         for b in self.targets:
             self.register(b.name, ConsistentMask(self.controller, b.name))
 
-    def scores(self) -> dict[str, torch.Tensor]:
+    def scores(self, budget: int) -> dict[str, torch.Tensor]:
         """The projection's ranking: LAMP (or magnitude), steering-only tensors scaled down (with
         one global budget; with ``--scope layer`` every tensor keeps its own share anyway)."""
         scores = score_weights(self.latent(), self.options.score)
-        scaled = steering_tensors(self.graph) if self.spec.scope == "global" else set()
-        for name in scaled & set(scores):
+        scaled = (
+            steering_tensors(self.graph) & set(scores) if self.spec.scope == "global" else set()
+        )
+        for name in scaled:
             scores[name] = scores[name] * self.options.steering
+        if scaled and self.options.steering_share > 0:
+            units = sum(self.graph.width(self.graph.binding_by_name[n].target) for n in scaled)
+            scores = capped_steering(scores, scaled, self.options.steering_share, budget, units)
         return scores
 
     def rescale(self, masks: dict[str, torch.Tensor]) -> None:
@@ -363,7 +414,7 @@ class TopologicallyConsistentPruning(ConsistentProjection):
     def trained_first_projection(self, budget: int) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             trained = self.controller.compute()
-        scores = self.scores()
+        scores = self.scores(budget)
         lead = max(float(s.max()) for s in scores.values()) + 1.0
         preferred, trained_count = {}, 0
         for name, s in scores.items():
