@@ -813,7 +813,7 @@ def render(result: dict) -> str:
     ]
     columns = [*result["methods"], *s["peers"]]
     recs = result["accuracy"]
-    for spec in s["datasets"]:
+    for spec in s["datasets"] if recs else []:  # none with --parts scale (or deploy alone)
         dense = [r["accuracy"] for r in recs if r["data"] == spec and r["method"] == "dense"]
         lines += ["", f"### Accuracy: {spec} (dense {fmt(dense)})", "",
                   "| rate | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]  # fmt: skip
@@ -841,7 +841,8 @@ def render(result: dict) -> str:
         lines.append("")
         lines.append("`stgcn` (NTU-sized, the scale model):")
         lines += [f"- {a['config']}: {a['outcome']}" for a in entry["attempts"]]
-    lines += render_cost(result, columns)
+    if recs:
+        lines += render_cost(result, columns)
     lines += render_deploy(result)
     lines += render_scale(result)
     return "\n".join(lines) + "\n"
@@ -972,12 +973,18 @@ def main() -> None:
         help="worker processes for the accuracy part's (dataset, seed) units (default 1: none)",
     )  # fmt: skip
     parser.add_argument("--out", default=None, help="output stem (writes .json and .md)")
+    parser.add_argument(
+        "--scale-steps", type=int, default=None,
+        help="timed training steps per method in the scale part (default: the preset's)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     torch.set_num_threads(args.threads)
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     s = Settings(**preset)
+    if args.scale_steps:
+        s.scale = {**s.scale, "steps": args.scale_steps}
     parts = args.parts.split(",")
     if "torch-pruning" in s.peers:
         try:
@@ -1000,7 +1007,9 @@ def main() -> None:
     workers = min(args.jobs, len(s.datasets) * len(s.seeds))
     result: dict = {
         "command": "python benchmarks/run.py" + (" --quick" if args.quick else " --smoke" if args.smoke else "")
-                   + (f" --jobs {args.jobs}" if args.jobs > 1 else ""),
+                   + (f" --jobs {args.jobs}" if args.jobs > 1 else "")
+                   + (f" --parts {args.parts}" if args.parts != "accuracy,deploy,scale" else "")
+                   + (f" --scale-steps {args.scale_steps}" if args.scale_steps else ""),
         "settings": {**asdict(s), "jobs": args.jobs, "timing_note": timing_note(workers)},
         "methods": methods,
         "missing_methods": [m for m in s.methods if m not in methods],
