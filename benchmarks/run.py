@@ -869,8 +869,8 @@ def finetune_budget(result: dict) -> str:
     if not s.get("finetune_steps"):
         return f"{s['finetune']} epochs"
     epochs = {r["data"]: r["finetune_epochs"] for r in result["accuracy"] if "finetune_epochs" in r}
-    shown = ", ".join(f"{e} on {spec}" for spec, e in epochs.items())
-    return f"{s['finetune_steps']} steps ({shown} epochs)"
+    shown = ", ".join(f"{e} epochs of {spec}" for spec, e in epochs.items())
+    return f"{s['finetune_steps']} steps ({shown})"
 
 
 def render_cost(result: dict, columns: list[str]) -> list[str]:
