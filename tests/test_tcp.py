@@ -280,6 +280,14 @@ def test_bad_schedule_options_are_refused(options):
         create_method("tcp", PruneSpec((0.99,)), options)
 
 
+@pytest.mark.parametrize("share", [-1.0, float("nan"), float("inf")])
+def test_bad_steering_share_is_refused(share):
+    from gcnshrink.errors import GcnshrinkError
+
+    with pytest.raises(GcnshrinkError, match="--steering-share"):
+        create_method("tcp", PruneSpec((0.99,)), {"steering_share": share})
+
+
 def test_rescale_gives_each_unit_back_the_norm_of_its_incoming_weights():
     model = gcn(2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
