@@ -3,6 +3,7 @@ benchmarks/ first on sys.path)."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import random
@@ -22,6 +23,12 @@ def fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1%}"
     return f"{statistics.mean(values):.1%} ± {statistics.stdev(values):.1%}"
+
+
+def epochs_for_steps(steps: int, samples: int, batch_size: int = 64) -> int:
+    """Whole epochs that give at least ``steps`` optimizer steps on ``samples`` training samples:
+    a fine-tune budget in steps is the same on datasets of different sizes."""
+    return math.ceil(steps / math.ceil(samples / batch_size))
 
 
 def machine() -> dict:

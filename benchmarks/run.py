@@ -56,7 +56,6 @@ import copy
 import gzip
 import io
 import json
-import math
 import multiprocessing
 import os
 import pickle
@@ -77,7 +76,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import fmt, machine, onnx_runner, round_robin_ms
+from common import epochs_for_steps, fmt, machine, onnx_runner, round_robin_ms
 from throughput import launch, ntu_data
 from torch import nn
 from torch.nn.utils import prune
@@ -417,7 +416,7 @@ def accuracy_unit(s: Settings, methods: list[str], spec: str, seed: int, log) ->
     deploy_models = {}
     data = load_data(spec, seed=seed)
     if s.finetune_steps:  # this dataset's epochs for the budget in steps
-        s = replace(s, finetune=math.ceil(s.finetune_steps / math.ceil(len(data.x_train) / 64)))
+        s = replace(s, finetune=epochs_for_steps(s.finetune_steps, len(data.x_train)))
     config = TrainConfig(epochs=s.dense_epochs, seed=seed, progress=False)
     ckpt, dense = api.train(data, "gcn", config=config, model_config=s.model_config)
     epoch_s = dense["seconds"] / s.dense_epochs

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fmt  # noqa: E402  (benchmarks/common.py)
+from common import epochs_for_steps, fmt  # noqa: E402  (benchmarks/common.py)
 from mrmp import dense_model  # noqa: E402  (shared: the cached dense model)
 
 from gcnshrink import api  # noqa: E402
@@ -143,7 +142,7 @@ def main() -> None:
             data = load_data(spec, seed=seed)
             epochs = args.finetune
             if args.finetune_steps:  # the same number of steps on every dataset
-                epochs = math.ceil(args.finetune_steps / math.ceil(len(data.x_train) / 64))
+                epochs = epochs_for_steps(args.finetune_steps, len(data.x_train))
             ckpt, dense = dense_model(spec, seed, args.epochs, data, args.cache)
             print(f"{spec} seed {seed}: dense {dense['accuracy']:.3f}", flush=True)
             if (spec, seed, "dense", 0.0) not in done:
