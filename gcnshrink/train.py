@@ -161,8 +161,9 @@ class ValidationSelection(Callback):
 
     With a method, the deliverable at each requested rate is the model under the method's hard
     masks at that rate, evaluated without copying the model; a multi-rate method is scored by its
-    mean validation accuracy over the rates. Ties go to the later epoch (same accuracy after more
-    training).
+    mean validation accuracy over its ``selection_rates()`` (the trained rates and the untrained
+    ones it serves; the per-rate record holds the trained ones). Ties go to the later epoch (same
+    accuracy after more training).
     """
 
     def __init__(self, data: SkeletonData, method: PruningMethod | None = None):
@@ -179,14 +180,16 @@ class ValidationSelection(Callback):
         if self.method is None:
             accuracy = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
             return accuracy, {}, {}
-        masks, by_rate = {}, {}
-        for rate in self.rates:
-            masks[rate] = self.method.masks_at(rate)
-            with delivering(model, masks[rate]):
-                by_rate[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)[
-                    "accuracy"
-                ]
-        return sum(by_rate.values()) / len(by_rate), masks, by_rate
+        masks, scored = {}, {}
+        for rate in dict.fromkeys((*self.rates, *self.method.selection_rates())):
+            rate_masks = self.method.masks_at(rate)
+            if rate in self.rates:
+                masks[rate] = rate_masks
+            with delivering(model, rate_masks):
+                scored[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
+        by_rate = {r: scored[r] for r in self.rates}
+        selection = self.method.selection_rates()
+        return sum(scored[r] for r in selection) / len(selection), masks, by_rate
 
     def _keep(self, loop: TrainingLoop, accuracy: float, masks: dict, by_rate: dict) -> None:
         self.best = {

@@ -201,7 +201,7 @@ def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
         pruner.on_step(step / 3)
         assert pruner.current_rate == (0.5, 0.9)[step % 2]
         students = pruner.student_rates()
-        assert students[0] == 0.99 and 0.5 <= students[1] <= 0.99
+        assert students[0] == 0.99 and 0.9 <= students[1] <= 0.995  # --reach 2 by default
         logits = model(x)
         kl_only = float(pruner.kl().detach())
         total = pruner.loss()
@@ -223,20 +223,55 @@ def test_sandwich_with_every_rate_labelled():
         assert pruner.current_rate == (0.5, 0.9, 0.99)[step % 3]
         students = pruner.student_rates()
         if pruner.current_rate == 0.99:
-            assert len(students) == 1 and 0.5 <= students[0] <= 0.99
+            assert len(students) == 1 and 0.5 <= students[0] <= 0.995
         else:
             assert students[0] == 0.99 and len(students) == 2
 
 
 def test_sandwich_random_student_between_the_two_highest_rates():
     """--between top: the random student's rate lies between the two highest trained rates."""
-    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), between="top")
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), between="top", reach=1.0)
     drawn = []
     for step in range(40):
         pruner.on_step(step / 39)
         drawn.append(pruner.student_rates()[1])
     assert all(0.9 <= r <= 0.99 for r in drawn)
     assert len(set(drawn)) == 40  # a new rate every step
+
+
+@pytest.mark.parametrize("reach", [1.0, 2.0, 4.0])
+def test_sandwich_random_student_reaches_past_the_highest_rate(reach):
+    """--reach R: the random student's rate goes from the second highest trained rate up to the
+    rate keeping 1/R of the highest rate's weights (0.99 -> 0.995 at R = 2), log-uniformly."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), reach=reach)
+    top = 1.0 - 0.01 / reach
+    drawn = []
+    for step in range(200):
+        pruner.on_step(step / 199)
+        drawn.append(pruner.student_rates()[1])
+    assert all(0.9 <= r <= top + 1e-12 for r in drawn)
+    assert max(drawn) > 1.0 - 0.0105 / reach  # the whole range is drawn
+    beyond = sum(r > 0.99 for r in drawn) / len(drawn)
+    expected = math.log(reach) / math.log(0.1 * reach / 0.01)  # log-uniform in kept fraction
+    assert abs(beyond - expected) < 0.1
+
+
+@pytest.mark.parametrize("reach", [0.5, float("nan"), float("inf")])
+def test_bad_reach_is_refused(reach):
+    with pytest.raises(GcnshrinkError, match="--reach must be a finite number >= 1"):
+        create_method("mrmp", PruneSpec((0.5, 0.9)), {"reach": reach})
+
+
+def test_more_random_students_each_get_their_own_rate():
+    """--random-students 3: three random students a step, each at its own rate in the range."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), random_students=3)
+    pruner.on_step(0.0)
+    students = pruner.student_rates()
+    assert students[0] == 0.99 and len(students) == 4 and len(set(students[1:])) == 3
+    assert all(0.9 <= r <= 0.995 for r in students[1:])
+    for bad in (0, 1.5, True):
+        with pytest.raises(GcnshrinkError, match="--random-students must be"):
+            create_method("mrmp", PruneSpec((0.5, 0.9)), {"random_students": bad})
 
 
 def test_options_are_checked():
@@ -255,6 +290,38 @@ def test_state_refuses_another_prior_and_an_empty_state():
         gaussian.load_state_dict(laplace.state_dict())
     with pytest.raises(GcnshrinkError, match="holds no prior"):
         gaussian.load_state_dict({})
+
+
+@pytest.mark.parametrize("reach", [1.0, 2.0])
+def test_mrmp_selects_its_epoch_over_the_range_it_serves(reach):
+    """The validation score of an mrmp epoch covers the trained rates, the log-midpoint (in kept
+    fraction) of each pair of neighbours and the end of the --reach range; srmp's is its rate."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), reach=reach)
+    middles = [1 - math.sqrt(0.5 * 0.1), 1 - math.sqrt(0.1 * 0.01)]
+    expected = sorted([0.5, 0.9, 0.99, *middles, *([1 - 0.01 / reach] if reach > 1 else [])])
+    assert pruner.selection_rates() == pytest.approx(expected)
+    _, single = attached("srmp", (0.9,))
+    assert single.selection_rates() == (0.9,)
+
+
+def test_selected_epoch_is_scored_over_the_selection_rates(tiny_data):
+    """fit keeps the epoch with the best mean validation accuracy over selection_rates(); the
+    per-rate record and the selected masks are those of the trained rates."""
+    model = tiny_gcn(num_classes=tiny_data.num_classes)
+    pruner = create_method("mrmp", PruneSpec((0.5, 0.9)), {"reach": 2.0})
+    pruner.attach(model.train(), model.unit_graph())
+    config = TrainConfig(epochs=2, batch_size=32, lr=0.01, seed=0, progress=False)
+    result = fit(model, tiny_data, config, pruner)
+    assert set(result.val_accuracy_by_rate) == set(result.masks) == {0.5, 0.9}
+    scored = []
+    for rate in pruner.selection_rates():
+        with delivering(result.model, pruner.masks_at(rate)):
+            val = evaluate(result.model, tiny_data.x_val, tiny_data.y_val, tiny_data.num_classes)
+        scored.append(val["accuracy"])
+        if rate in result.masks:
+            assert val["accuracy"] == pytest.approx(result.val_accuracy_by_rate[rate])
+    assert len(scored) == 4  # 0.5, 0.9, their middle and the reach end 0.95
+    assert result.best_val_accuracy == pytest.approx(sum(scored) / len(scored))
 
 
 # ---------------------------------------------------------------------------- training

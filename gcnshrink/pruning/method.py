@@ -262,6 +262,12 @@ class PruningMethod:
         """Whether the current state may be selected (its masks meet the rate)."""
         return True
 
+    def selection_rates(self) -> tuple[float, ...]:
+        """The rates at which the validation split scores an epoch (the mean accuracy over them
+        selects the epoch kept): the trained rates; a multi-rate method may add the untrained
+        rates it serves."""
+        return self.spec.rates
+
     def status(self) -> str:
         """A short, cheap description of the training state for the progress bar."""
         return "" if self.ready() else "ramping"

@@ -51,6 +51,7 @@ What is implemented; docs/methods.md ("SRMP and MRMP") has the measurements behi
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -604,6 +605,26 @@ class MRMPOptions(SRMPOptions):
         "highest (all).",
         choices=("top", "all"),
     )
+    reach: float = option(
+        2.0,
+        "How far past the highest trained rate --distill sandwich draws its random students "
+        "(mrmp): up to the rate that keeps 1/reach of the highest rate's weights (2: 0.99 -> "
+        "0.995; 1: no further than the highest).",
+    )
+    random_students: int = option(
+        1,
+        "Random students per step of --distill sandwich (mrmp), each at its own rate drawn "
+        "in the --between/--reach range; each costs one more forward/backward pass.",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.random_students < 1:  # the type is checked with every option's
+            raise GcnshrinkError(
+                f"--random-students must be an integer >= 1, got {self.random_students}"
+            )
+        if not (self.reach >= 1.0 and math.isfinite(self.reach)):
+            raise GcnshrinkError(f"--reach must be a finite number >= 1, got {self.reach}")
 
 
 def log_uniform_rate(low: float, high: float, u: float) -> float:
@@ -632,9 +653,10 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
             self._captured = (inputs[0], output.detach())
             self._capturing = False
 
-    def uniform(self, stream: int) -> float:
+    def uniform(self, stream: int, count: int = 1) -> list[float]:
+        """``count`` uniform draws of this step's ``stream``: deterministic in (seed, step)."""
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.steps) * 4 + stream)
-        return float(torch.rand((), generator=generator, dtype=torch.float64))
+        return torch.rand(count, generator=generator, dtype=torch.float64).tolist()
 
     def rate_for_step(self) -> float:
         rates = sorted(self.spec.rates)
@@ -646,10 +668,25 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
             return rates[self.steps % len(rates)]
         if mode == "weighted":
             return weighted_turn(rates, self.steps)
-        u = self.uniform(0)
+        u = self.uniform(0)[0]
         if mode == "random":
             return rates[min(int(u * len(rates)), len(rates) - 1)]
         return log_uniform_rate(rates[0], rates[-1], u)
+
+    def reach_end(self) -> float:
+        """The sparsest rate the training draws: the highest trained rate, or past it (--reach)."""
+        return 1.0 - (1.0 - max(self.spec.rates)) / self.options.reach
+
+    def selection_rates(self) -> tuple[float, ...]:
+        """The epoch kept is the best on validation over the range the checkpoint serves, not only
+        at the trained rates: those, the log-midpoint (in kept fraction) between each pair of
+        neighbours, and the end of the --reach range. Measured: on hands seed 1 the rate 0.985
+        swung from 92 % to 64 % validation accuracy between epochs while the trained rates held
+        steady, and the trained rates alone selected the 64 % epoch."""
+        rates = sorted(self.spec.rates)
+        middles = [1.0 - math.sqrt((1.0 - a) * (1.0 - b)) for a, b in itertools.pairwise(rates)]
+        end = [self.reach_end()] if self.reach_end() > rates[-1] else []
+        return tuple(sorted({*rates, *middles, *end}))
 
     def student_rates(self) -> list[float]:
         rates = sorted(self.spec.rates)
@@ -658,9 +695,11 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         if self.options.distill == "highest":
             return [rates[-1]] if self.current_rate < rates[-1] else []
         if self.options.distill == "sandwich":
-            highest = [rates[-1]] if self.current_rate < rates[-1] else []
             low = rates[-2] if self.options.between == "top" else rates[0]
-            return [*highest, log_uniform_rate(low, rates[-1], self.uniform(1))]
+            high = self.reach_end()
+            highest = [rates[-1]] if self.current_rate < rates[-1] else []
+            drawn = self.uniform(1, self.options.random_students)
+            return [*highest, *(log_uniform_rate(low, high, u) for u in drawn)]
         return []
 
     def on_step(self, progress: float) -> None:
