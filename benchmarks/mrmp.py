@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +44,9 @@ from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.train import TrainConfig
 from gcnshrink.train import evaluate as test_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import epochs_for_steps  # noqa: E402  (benchmarks/common.py)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -106,8 +110,9 @@ def merge(paths: list[str], out: Path, note: str = "") -> None:
     for d in loaded:
         run = d.get("args", {})
         for r in d["records"]:
-            if r["method"] == "mrmp" and run:  # runs older than the field: their arguments
-                r.setdefault("finetune_epochs", run.get("mrmp_finetune") or run["finetune"])
+            if run:  # runs older than the field: their arguments
+                mrmp = r["method"] == "mrmp" and run.get("mrmp_finetune")
+                r.setdefault("finetune_epochs", mrmp or run["finetune"])
             key = (r["data"], r["seed"], r["method"], r["rate"])
             if key not in seen:
                 seen.add(key)
@@ -152,6 +157,13 @@ def main() -> None:
     parser.add_argument(
         "--finetune", type=int, default=20, help="fine-tune epochs of every run, mrmp's included"
     )
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="instead of --finetune: each dataset's epochs give at least this many optimizer "
+        "steps (batch 64), so datasets of different sizes get the same budget",
+    )
     parser.add_argument("--lr", type=float, default=FINETUNE_LR)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smoke run: one seed, short runs")
@@ -171,7 +183,6 @@ def main() -> None:
     eval_rates = sorted({*trained, *between, *beyond})
     methods = [m for m in args.methods.split(",") if m != "mrmp"]
     mrmp_options = parse_options(args.mrmp_options)
-    mrmp_epochs = args.mrmp_finetune or args.finetune
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.json")
@@ -192,6 +203,10 @@ def main() -> None:
     for spec in args.datasets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = load_data(spec, seed=seed)
+            finetune = args.finetune
+            if args.finetune_steps:
+                finetune = epochs_for_steps(args.finetune_steps, len(data.y_train))
+            mrmp_epochs = args.mrmp_finetune or finetune
             ckpt, dense = dense_model(spec, seed, args.epochs, data, args.cache)
             print(f"{spec} seed {seed}: dense {dense['accuracy']:.3f}", flush=True)
             if not finished(spec, seed, "dense"):
@@ -238,14 +253,14 @@ def main() -> None:
                     name, _, score = method.partition(":")
                     options = {"score": score} if score else {}
                     outcome = api.prune(
-                        ckpt, data, method=name, rate=rate, epochs=args.finetune, lr=args.lr,
+                        ckpt, data, method=name, rate=rate, epochs=finetune, lr=args.lr,
                         seed=seed, progress=False, allow_collapse=True, **options,
                     )  # fmt: skip
                     s = outcome.summary
                     save(
                         {"data": spec, "seed": seed, "method": method, "rate": rate,
                          "accuracy": s["accuracy"], "realized_rate": s["realized_rate"],
-                         "finetune_seconds": s["finetune_seconds"]}
+                         "finetune_seconds": s["finetune_seconds"], "finetune_epochs": finetune}
                     )  # fmt: skip
                     print(f"  {method:<6} @ {rate:g}: {s['accuracy']:.3f}", flush=True)
     result = {
@@ -275,7 +290,9 @@ def command(a: dict) -> str:
     flags = "--quick" if a["quick"] else (
         f"--datasets {a['datasets']} --seeds {a['seeds']} --rates {a['rates']} "
         f"--between {a['between']} --beyond {a['beyond']} --methods {methods} "
-        f"--epochs {a['epochs']} --finetune {a['finetune']} --lr {a['lr']:g}"
+        f"--epochs {a['epochs']} --lr {a['lr']:g} "
+        + (f"--finetune-steps {a['finetune_steps']}" if a.get("finetune_steps")
+           else f"--finetune {a['finetune']}")
     )  # fmt: skip
     if a.get("mrmp_finetune"):
         flags += f" --mrmp-finetune {a['mrmp_finetune']}"
@@ -286,14 +303,20 @@ def command(a: dict) -> str:
     return f"python benchmarks/mrmp.py {flags}"
 
 
-def mrmp_epochs_note(records: list[dict], a: dict) -> str:
-    """`` (mrmp's: E)`` where mrmp's fine-tune had other epochs than the per-rate runs'."""
-    epochs = sorted(
-        {r.get("finetune_epochs", a["finetune"]) for r in records if r["method"] == "mrmp"}
-    )
-    if epochs in ([], [a["finetune"]]):
-        return ""
-    return f" (mrmp's: {', '.join(str(e) for e in epochs)})"
+def finetune_epochs(records: list[dict], a: dict) -> str:
+    """The fine-tune epochs of these records: ``E epochs`` for every run, or with mrmp's apart."""
+
+    def shown(rs):
+        return ", ".join(
+            str(e) for e in sorted({r.get("finetune_epochs", a["finetune"]) for r in rs})
+        )
+
+    runs = [r for r in records if r["method"] not in ("dense", "extract-timing")]
+    mrmp = shown(r for r in runs if r["method"] == "mrmp")
+    others = shown(r for r in runs if r["method"] != "mrmp")
+    if not others or mrmp == others:
+        return f"{mrmp or others} epochs"
+    return f"{others} epochs (mrmp's: {mrmp})" if mrmp else f"{others} epochs"
 
 
 def render(result: dict) -> str:
@@ -301,7 +324,9 @@ def render(result: dict) -> str:
     recs = result["records"]
     seeds = a["seeds"].split(",")
     spread = f"mean ± std over seeds {a['seeds']}" if len(seeds) > 1 else f"seed {a['seeds']}"
-    methods = a["methods"].split(",")
+    methods = [m for m in a["methods"].split(",") if m]
+    budget_per_dataset = len({finetune_epochs([r for r in recs if r["data"] == d], a)
+                              for d in a["datasets"].split(",")}) > 1  # fmt: skip
     if a.get("merged"):
         head = [
             "Merged by `python benchmarks/mrmp.py --merge " + " ".join(a["merged"]) + "` from:",
@@ -315,8 +340,9 @@ def render(result: dict) -> str:
         "",
         f"Default `gcn`, dense training {a['epochs']} epochs. `mrmp` is fine-tuned **once** for "
         f"rates {a['rates']} and every rate is extracted from that one checkpoint; each per-rate "
-        f"method is fine-tuned separately at each rate. Every fine-tune: {a['finetune']} epochs"
-        f"{mrmp_epochs_note(recs, a)}, Adam {a['lr']:g}, best epoch on validation. Test accuracy, "
+        f"method is fine-tuned separately at each rate. Every fine-tune: "
+        f"{finetune_epochs(recs, a) if not budget_per_dataset else 'see each dataset'}, "
+        f"Adam {a['lr']:g}, best epoch on validation. Test accuracy, "
         f"{spread}. "
         "Δ: mrmp − srmp, per seed.",
     ]
@@ -333,6 +359,7 @@ def render(result: dict) -> str:
             "",
             f"### {spec} (dense {fmt(dense)})",
             "",
+            *([f"Fine-tune: {finetune_epochs(mine, a)} each.", ""] if budget_per_dataset else []),
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
         ]

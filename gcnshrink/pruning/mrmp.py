@@ -578,6 +578,16 @@ _ROUND_ROBIN_PERIOD = 1000
 
 @dataclass
 class MRMPOptions(SRMPOptions):
+    # a wider band than srmp's: the soft band-stop's gradient reaches the weights a few ranks
+    # past each network's threshold, which couples the networks of neighbouring rates; measured
+    # over 3 seeds of hands and sbu (docs/methods.md): the hole at 0.985 on hands shrinks from
+    # -11.8 to -5.8 pp against per-rate srmp, +0.7 pp over the 14 cells
+    band_temperature_start: float = option(
+        1.0, "Band-stop sigmoid temperature (× the half-width a) at the start (srmp/mrmp)."
+    )
+    band_temperature_end: float = option(
+        0.1, "Band-stop temperature at the end of the fine-tune (annealed geometrically)."
+    )
     sampling: str = option(
         "cycle",
         "Which rate each training step uses (mrmp): the trained rates in turn (cycle), in turn "
