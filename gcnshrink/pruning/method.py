@@ -10,7 +10,8 @@ A method lives in one file. It declares
 - the training hooks: ``loss()`` (a term added to the task loss), ``on_step(progress)`` (called
   before every training forward pass, with progress in [0, 1]: schedules, annealing, masks that
   depend on the weights), ``param_groups(model)`` (optimizer groups, e.g. its own learning rates),
-  ``ready()`` (whether the current state may be selected on validation) and ``status()``;
+  ``ready()`` (whether the current state may be selected on validation), ``selection_rates()``
+  (the rates whose mean validation accuracy scores an epoch) and ``status()``;
 - the result: ``masks_at(rate)``, boolean keep-masks for any rate it can serve (``serves(rate)``):
   the one rate it trained for, or, for a multi-rate method, any rate in (0, 1);
 - ``state_dict()`` / ``load_state_dict()``: what it must keep in a checkpoint beyond the weights
