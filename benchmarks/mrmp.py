@@ -68,11 +68,14 @@ def extraction_seconds(ckpt, rate: float, repeats: int = 5) -> tuple[float, floa
 
 
 def parse_options(text: str) -> dict:
-    """``key=value,...`` -> a dict (whole numbers as ints, other numbers as floats, the rest as
-    strings)."""
+    """``key=value,...`` -> a dict (true/false as booleans, whole numbers as ints, other numbers
+    as floats, the rest as strings)."""
     options = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
+        if value.lower() in ("true", "false"):
+            options[key.replace("-", "_")] = value.lower() == "true"
+            continue
         if value.isdigit():
             options[key.replace("-", "_")] = int(value)
             continue
