@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import onnx_runner, round_robin_ms  # benchmarks/common.py
+from common import machine, onnx_runner, round_robin_ms  # benchmarks/common.py
 
 from gcnshrink import api
 from gcnshrink.checkpoint import load_checkpoint, save_checkpoint
@@ -438,6 +438,7 @@ def align_compare(args) -> dict:
     work = Path(args.work)
     records = json.loads((work / "records.json").read_text())
     n = args.align_compare
+    started = machine()
     paths, facts = {}, {}
     by_arch = {}
     for r in records:
@@ -483,7 +484,22 @@ def align_compare(args) -> dict:
                 key, align = name.split("|")
                 fact = facts[(key, int(align))]
                 rows.append({"model": key, "align": int(align), "batch": batch, "ms": ms, **fact})
-    return {"args": vars(args), "rows": rows}
+    return {"args": vars(args), "rows": rows, "machine": {"start": started, "end": machine()}}
+
+
+def load_note(result: dict) -> list[str]:
+    """The machine and its load average at the start and the end (runs older than the field:
+    nothing)."""
+    m = result.get("machine")
+    if not m:
+        return []
+    start, end = m["start"], m["end"]
+    return [
+        f"Machine: {start['cpu']}, {start['cores']} cores, torch {start['torch']}; load average "
+        f"(1/5/15 min) {'/'.join(f'{x:.2f}' for x in start['load_average'])} at the start, "
+        f"{'/'.join(f'{x:.2f}' for x in end['load_average'])} at the end.",
+        "",
+    ]
 
 
 def render_align_compare(result: dict) -> str:
@@ -494,6 +510,7 @@ def render_align_compare(result: dict) -> str:
         f"{a['rounds']} --ort-threads {a['ort_threads']}` (WORK: the folder of a main run, which "
         "keeps every pruned checkpoint)",
         "",
+        *load_note(result),
         f"Each pruned model compacted as pruned and with `--align {n}` (every width a multiple of "
         f"{n} or the dense width; the logits are the same), onnxruntime CPU, both interleaved "
         f"with the other models of the architecture, median of {a['rounds']} rounds. Off-"

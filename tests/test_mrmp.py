@@ -302,6 +302,10 @@ def test_mrmp_selects_its_epoch_over_the_range_it_serves(reach):
     assert pruner.selection_rates() == pytest.approx(expected)
     _, single = attached("srmp", (0.9,))
     assert single.selection_rates() == (0.9,)
+    _, one_rate = attached("mrmp", (0.9,), reach=reach)  # nothing is drawn past it
+    assert one_rate.selection_rates() == (0.9,)
+    _, undistilled = attached("mrmp", (0.5, 0.99), reach=reach, distill="none")
+    assert undistilled.selection_rates() == pytest.approx((0.5, 1 - math.sqrt(0.5 * 0.01), 0.99))
 
 
 def test_selected_epoch_is_scored_over_the_selection_rates(tiny_data):
