@@ -8,6 +8,7 @@ from tiny_zoo import tiny_builders, tiny_gcn, tiny_model
 from gcnshrink.compact import compact_model
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import topology_summary
+from gcnshrink.measure import count_flops
 from gcnshrink.pruning import PruneSpec, bake, create_method
 from gcnshrink.pruning.budget import global_budget
 from gcnshrink.pruning.ctf import EntryLayout, removed_by_granularity
@@ -236,6 +237,23 @@ def test_deliverable_is_exact_and_consistent(build, rate):
     masks = method.masks_at(rate)
     assert kept_count(masks) == budget_of(masks, rate)
     assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0
+
+
+@pytest.mark.parametrize("build", MAIN)
+def test_order_mass_is_exact_consistent_and_spends_the_cut_on_flops(build):
+    """--order mass ranks channels by magnitude per FLOP: the deliverable is still exact and
+    consistent, and the channels it cuts save more FLOPs than --order flops (whose LAMP
+    reference protects the small, FLOP-heavy early layers)."""
+    flops = {}
+    for order in ("flops", "mass"):
+        model = tiny_model(build.__name__, seed=0, num_classes=5)
+        method = ctf_on(model, 0.9, order=order)
+        masks = method.masks_at(0.9)
+        assert kept_count(masks) == budget_of(masks, 0.9)
+        assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0
+        baked = bake(model, masks).eval()
+        flops[order] = count_flops(compact_model(baked, baked.example_input(4, 16)).model, 16)
+    assert flops["mass"] < flops["flops"], flops
 
 
 @pytest.mark.parametrize("build", MAIN)

@@ -275,6 +275,7 @@ class Allocation:
         margin: float,
         dense_masks: dict[str, torch.Tensor],
         cost: dict[str, float] | None = None,
+        channel_value: str = "reference",
     ):
         names = layout.names
         cost = cost or dict.fromkeys(names, 1.0)
@@ -321,8 +322,14 @@ class Allocation:
             kept_in.index_add_(0, layout.dst_channel[n][fine[n]], torch.ones(int(fine[n].sum())))
             for index in (layout.src_channel[n], layout.dst_channel[n]):
                 flops += cost[n] * torch.bincount(index, minlength=n_ch + 1).double()
-        # the reference's weights lost per FLOP saved (a channel it empties costs nothing)
-        density = (kept_in.double() / flops.clamp(min=1e-9))[:n_ch]
+        # what a channel's cut loses per FLOP it saves: the weights the fine reference keeps in
+        # it (a channel it empties costs nothing), or its magnitude mass (the sum of its
+        # relative magnitudes), which does not inherit LAMP's protection of small layers
+        if channel_value == "magnitude":
+            lost = channels.double() * layout.channel_count.double()
+        else:
+            lost = kept_in.double()
+        density = (lost / flops.clamp(min=1e-9))[:n_ch]
         has_entries = layout.channel_count[:n_ch] > 0
         ch_scores = channels[:n_ch]
         # no group loses a larger share of its units than the rate (at least one unit stays)
@@ -649,8 +656,9 @@ class CTFOptions:
     order: str = option(
         "flops",
         "ctf: which channels, rows and columns go first: those the fine (LAMP) allocation keeps "
-        "the fewest weights of per FLOP they cost (flops), or per weight (density).",
-        choices=("flops", "density"),
+        "the fewest weights of per FLOP they cost (flops), or per weight (density); mass: "
+        "channels with the least magnitude per FLOP they cost (rows and columns as flops).",
+        choices=("flops", "density", "mass"),
     )
     margin: float = option(
         0.5,
@@ -719,7 +727,8 @@ class CoarseToFinePruning(PruningMethod):
         self.controller = CoarseToFine(
             self.graph, self.targets, self.layout, latent_all, scales, self.options.relaxation
         )
-        cost = flops_per_weight(self.model, names) if self.options.order == "flops" else None
+        by_flops = self.options.order in ("flops", "mass")
+        cost = flops_per_weight(self.model, names) if by_flops else None
         with torch.no_grad():
             self.allocation = Allocation(
                 self.layout.to(torch.device("cpu")),
@@ -730,6 +739,7 @@ class CoarseToFinePruning(PruningMethod):
                 self.options.margin,
                 self.dense_masks(),
                 cost,
+                "magnitude" if self.options.order == "mass" else "reference",
             )
         alloc = self.allocation
         self.controller.channel_theta = alloc.channel_theta.to(torch.float32)
