@@ -180,15 +180,15 @@ class ValidationSelection(Callback):
         if self.method is None:
             accuracy = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
             return accuracy, {}, {}
+        selection = self.method.selection_rates()
         masks, scored = {}, {}
-        for rate in dict.fromkeys((*self.rates, *self.method.selection_rates())):
+        for rate in dict.fromkeys((*self.rates, *selection)):
             rate_masks = self.method.masks_at(rate)
             if rate in self.rates:
                 masks[rate] = rate_masks
             with delivering(model, rate_masks):
                 scored[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
         by_rate = {r: scored[r] for r in self.rates}
-        selection = self.method.selection_rates()
         return sum(scored[r] for r in selection) / len(selection), masks, by_rate
 
     def _keep(self, loop: TrainingLoop, accuracy: float, masks: dict, by_rate: dict) -> None:

@@ -698,9 +698,10 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         while the trained rates hold steady (docs/methods.md, "Which epoch is kept")."""
         rates = sorted(self.spec.rates)
         middles = [1.0 - math.sqrt((1.0 - a) * (1.0 - b)) for a, b in itertools.pairwise(rates)]
-        reached = self.options.distill == "sandwich" and len(rates) > 1  # what draws past it
-        end = [self.reach_end()] if reached and self.reach_end() > rates[-1] else []
-        return tuple(sorted({*rates, *middles, *end}))
+        end = self.reach_end()
+        # only sandwich distillation draws past the highest trained rate
+        reached = self.options.distill == "sandwich" and len(rates) > 1 and end > rates[-1]
+        return tuple(sorted({*rates, *middles, *([end] if reached else [])}))
 
     def student_rates(self) -> list[float]:
         rates = sorted(self.spec.rates)
