@@ -257,6 +257,35 @@ def test_order_mass_is_exact_consistent_and_spends_the_cut_on_flops(build):
 
 
 @pytest.mark.parametrize("build", MAIN)
+def test_order_uniform_thins_every_group_at_the_same_pace(build):
+    """--order uniform cuts the weakest channels of every coupled group at the same pace: the
+    shares of channels the starting structure keeps differ between groups by at most a channel
+    each, and the deliverable is exact and consistent."""
+    model = tiny_model(build.__name__, seed=0, num_classes=5)
+    method = ctf_on(model, 0.9, order="uniform", line_share=0.0)  # channels, then entries
+    masks = method.masks_at(0.9)
+    assert kept_count(masks) == budget_of(masks, 0.9)
+    assert topology_summary(model.unit_graph(), masks)["inconsistent_connections"] == 0
+    layout, structure = method.layout, method.allocation.structure
+    touched = torch.zeros(layout.n_channels + 1, dtype=torch.bool)
+    for name in layout.names:
+        inside = structure[name].reshape(-1)
+        touched[layout.src_channel[name][inside]] = True
+        touched[layout.dst_channel[name][inside]] = True
+    shares = []
+    # a query/key dimension also dies with the channels it steers, so attention pairs are left out
+    paired = {space for pair in model.unit_graph().attention_pairs for space in pair}
+    for gi, group in enumerate(model.unit_graph().unit_groups):
+        members = (layout.group_of_channel == gi) & (layout.channel_count[:-1] > 0)
+        if int(members.sum()) >= 4 and not paired & set(group):
+            shares.append((float(touched[:-1][members].float().mean()), int(members.sum())))
+    assert len(shares) >= 3 and min(s for s, _ in shares) < 1.0, shares
+    for share_a, size_a in shares:
+        for share_b, size_b in shares:
+            assert abs(share_a - share_b) <= 1.0 / size_a + 1.0 / size_b + 1e-9, shares
+
+
+@pytest.mark.parametrize("build", MAIN)
 def test_compaction_removes_every_zeroed_row_column_and_channel(build):
     """After bake, a unit with no kept entry entering it (and no signal link) or leaving it (and
     no link) is cut, and so is every unit of a channel with no kept entry; logits unchanged."""

@@ -275,7 +275,7 @@ class Allocation:
         margin: float,
         dense_masks: dict[str, torch.Tensor],
         cost: dict[str, float] | None = None,
-        channel_value: str = "reference",
+        order: str = "flops",
     ):
         names = layout.names
         cost = cost or dict.fromkeys(names, 1.0)
@@ -325,13 +325,25 @@ class Allocation:
         # what a channel's cut loses per FLOP it saves: the weights the fine reference keeps in
         # it (a channel it empties costs nothing), or its magnitude mass (the sum of its
         # relative magnitudes), which does not inherit LAMP's protection of small layers
-        if channel_value == "magnitude":
+        if order == "mass":
             lost = channels.double() * layout.channel_count.double()
         else:
             lost = kept_in.double()
         density = (lost / flops.clamp(min=1e-9))[:n_ch]
         has_entries = layout.channel_count[:n_ch] > 0
         ch_scores = channels[:n_ch]
+        if order == "uniform":
+            # every group thins at the same pace: a channel's place is its rank by magnitude
+            # within its group over the group's size, so a prefix keeps the same share of every
+            # group (a width multiplier). Per FLOP, the mass order empties the cheap-in-weights,
+            # dear-in-FLOPs early ST-GCN blocks down to the floor before touching any other.
+            density = torch.zeros(n_ch, dtype=torch.float64)
+            for gi in range(layout.n_groups):
+                members = torch.nonzero((layout.group_of_channel == gi) & has_entries).flatten()
+                ranked = _order(ch_scores.double(), torch.zeros(n_ch), members)
+                density[ranked] = torch.arange(1, len(ranked) + 1, dtype=torch.float64) / max(
+                    len(ranked), 1
+                )
         # no group loses a larger share of its units than the rate (at least one unit stays)
         keep_share = budget / max(total, 1)
         protected = torch.zeros(n_ch, dtype=torch.bool)
@@ -657,8 +669,10 @@ class CTFOptions:
         "flops",
         "ctf: which channels, rows and columns go first: those the fine (LAMP) allocation keeps "
         "the fewest weights of per FLOP they cost (flops), or per weight (density); mass: "
-        "channels with the least magnitude per FLOP they cost (rows and columns as flops).",
-        choices=("flops", "density", "mass"),
+        "channels with the least magnitude per FLOP they cost; uniform: the weakest channels of "
+        "every group at the same pace, so each keeps the same share (rows and columns as flops "
+        "for mass and uniform).",
+        choices=("flops", "density", "mass", "uniform"),
     )
     margin: float = option(
         0.5,
@@ -727,7 +741,7 @@ class CoarseToFinePruning(PruningMethod):
         self.controller = CoarseToFine(
             self.graph, self.targets, self.layout, latent_all, scales, self.options.relaxation
         )
-        by_flops = self.options.order in ("flops", "mass")
+        by_flops = self.options.order != "density"
         cost = flops_per_weight(self.model, names) if by_flops else None
         with torch.no_grad():
             self.allocation = Allocation(
@@ -739,7 +753,7 @@ class CoarseToFinePruning(PruningMethod):
                 self.options.margin,
                 self.dense_masks(),
                 cost,
-                "magnitude" if self.options.order == "mass" else "reference",
+                self.options.order,
             )
         alloc = self.allocation
         self.controller.channel_theta = alloc.channel_theta.to(torch.float32)
