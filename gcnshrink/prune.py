@@ -34,6 +34,7 @@ from gcnshrink.models import SkeletonModel
 from gcnshrink.models.user import UserModel
 from gcnshrink.pruning import PruneSpec, bake, create_method, realized_rate, remove_masks
 from gcnshrink.pruning.budget import check_rate
+from gcnshrink.pruning.registry import method_class
 from gcnshrink.testing import check_graph_keeps_logits
 from gcnshrink.train import TrainConfig, fit
 from gcnshrink.train import evaluate as test_metrics
@@ -256,10 +257,13 @@ def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
         )
     check_rate(rate)
     try:  # an edited record is one line, not a KeyError deep in a method
-        options = {k: v for k, v in record["options"].items() if k != "method"}
+        name = record["method"]
+        options = {
+            **method_class(name).options_before,
+            **{k: v for k, v in record["options"].items() if k != "method"},
+        }
         spec = PruneSpec(tuple(record["rates"]), record["scope"], tuple(record["exclude"]))
         spec.validate()
-        name = record["method"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise GcnshrinkError(
             f"broken multi-rate checkpoint: its pruning record ({exc!r})"

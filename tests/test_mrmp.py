@@ -12,6 +12,7 @@ import torch
 from gcnshrink import api
 from gcnshrink.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.graph import topology_summary
 from gcnshrink.pruning import PruneSpec, create_method, delivering, remove_masks
 from gcnshrink.pruning.budget import budget_per_tensor, global_budget
 from gcnshrink.pruning.mrmp import HistogramKL, Prior, largest_remainder
@@ -118,10 +119,18 @@ def test_histogram_kl_is_near_zero_on_the_prior_and_positive_elsewhere(family):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 @pytest.mark.parametrize("allocation", ["lamp", "pooled"])
 def test_masks_meet_the_rate_exactly_and_deterministically(build, scope, allocation):
-    """Global scope: exactly the global budget, no tensor emptied while the budget has a weight
-    for each. Layer scope: every tensor at exactly its own budget (so the total is within one
-    weight per tensor of r·n)."""
-    model, pruner = attached("mrmp", (0.5, 0.9), build(), scope=scope, allocation=allocation)
+    """Global scope: exactly the global budget; up to the highest trained rate (and past it with
+    --beyond magnitude) no tensor emptied while the budget has a weight for each, past it (default
+    --beyond consistent) no inconsistent connection. Layer scope: every tensor at exactly its own
+    budget (so the total is within one weight per tensor of r·n)."""
+    for beyond in ("consistent", "magnitude"):
+        model, pruner = attached(
+            "mrmp", (0.5, 0.9), build(), scope=scope, allocation=allocation, beyond=beyond
+        )
+        check_masks_meet_the_rate(model, pruner, scope, projected=beyond == "consistent")
+
+
+def check_masks_meet_the_rate(model, pruner, scope, projected):
     sizes = pruner.sizes()
     for rate in RATES:
         masks = pruner.masks_at(rate)
@@ -130,7 +139,10 @@ def test_masks_meet_the_rate_exactly_and_deterministically(build, scope, allocat
         kept = {k: int(m.sum()) for k, m in masks.items()}
         if scope == "global":
             assert sum(kept.values()) == global_budget(sizes, rate), rate
-            if global_budget(sizes, rate) >= len(sizes):  # then no tensor is emptied
+            if projected and rate > 0.9:
+                summary = topology_summary(model.unit_graph(), masks)
+                assert summary["inconsistent_connections"] == 0, rate
+            elif global_budget(sizes, rate) >= len(sizes):  # then no tensor is emptied
                 assert min(kept.values()) >= 1
         else:
             assert kept == budget_per_tensor(sizes, rate), rate
@@ -407,6 +419,37 @@ def test_multi_rate_checkpoint_round_trips_and_extraction_is_deterministic(multi
         assert a.state_dict.keys() == b.state_dict.keys()
         assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
         assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_extraction_past_the_trained_rates_is_consistent_and_old_checkpoints_keep_theirs(
+    multi_rate,
+):
+    """Past the highest trained rate the extraction is the exact consistent projection of the
+    magnitude masks: exactly the budget, no weight on a unit cut off from the input or the output,
+    where the magnitude masks alone have such weights; at and below the trained rates nothing
+    changes. A checkpoint written before --beyond existed (its options lack it) extracts with the
+    magnitude masks, as it did."""
+    ckpt = multi_rate.checkpoint
+    legacy_options = {k: v for k, v in ckpt.pruning["options"].items() if k != "beyond"}
+    legacy = Checkpoint.from_model(
+        ckpt.build_model(), ckpt.class_names, ckpt.provenance,
+        pruning={**ckpt.pruning, "options": legacy_options}, method_state=ckpt.method_state,
+    )  # fmt: skip
+    graph = ckpt.build_model().unit_graph()
+    for rate in (0.5, 0.9, 0.97, 0.995):
+        new, old = api.extract(ckpt, rate), api.extract(legacy, rate)
+        assert new.summary["realized_rate"] == old.summary["realized_rate"]
+        assert new.summary["realized_rate"] == pytest.approx(rate, abs=1e-4)
+        new_masks, old_masks = new.checkpoint.masks, old.checkpoint.masks
+        same = all(torch.equal(new_masks[k], old_masks[k]) for k in new_masks)
+        if rate <= 0.9:
+            assert same, rate
+        else:
+            assert topology_summary(graph, new_masks)["inconsistent_connections"] == 0, rate
+            if topology_summary(graph, old_masks)["inconsistent_connections"]:
+                assert not same, rate
+    at_extreme = topology_summary(graph, api.extract(legacy, 0.995).checkpoint.masks)
+    assert at_extreme["inconsistent_connections"] > 0  # what the projection is there for
 
 
 def test_srmp_prunes_to_the_exact_rate(trained_gcn, tiny_data):

@@ -804,14 +804,6 @@ class CoarseToFinePruning(PruningMethod):
         return f"mask {self.kept_count():,} / budget {self.target_budget:,}, {state}"
 
     # ---------------------------------------------------------------- result
-    def dense_masks(self) -> dict[str, torch.Tensor]:
-        names = set(self.layout.names)
-        return {
-            b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu()
-            for b in self.graph.prunable
-            if b.name not in names
-        }
-
     def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:
         """The exact consistent projection of the trained mask (ranked first), then of the entries
         inside the kept coarse structure, then of the rest, by LAMP score."""
@@ -827,13 +819,7 @@ class CoarseToFinePruning(PruningMethod):
         for n, m in scores.items():
             preferred[n] = m + lead * structure[n].to(m.dtype) + 2 * lead * trained[n].to(m.dtype)
             trained_count += int(trained[n].sum())
-        masks = consistent_budget_masks(
-            self.graph,
-            preferred,
-            self.budget(rate),
-            dense_masks=self.dense_masks(),
-            k_hint=max(trained_count, 1),
-        )
+        masks = self.project(preferred, self.budget(rate), k_hint=max(trained_count, 1))
         device = next(iter(self.latent().values())).device
         return {n: masks[n].to(device) for n in self.layout.names}
 

@@ -42,6 +42,7 @@ from torch.nn.utils import parametrize
 
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import TensorBinding, UnitGraph
+from gcnshrink.graph.projection import consistent_budget_masks
 from gcnshrink.pruning.budget import PruneSpec, budget, budget_per_tensor, global_budget
 
 
@@ -171,6 +172,9 @@ class PruningMethod:
     multi_rate: ClassVar[bool] = False  # trains for several rates and serves any rate in (0, 1)
     # keeps exactly the budget; False for methods that remove whole units (at least the rate)
     exact_rate: ClassVar[bool] = True
+    # option values under which a multi-rate checkpoint written before the option existed
+    # extracts as it did then (its record lists only the options of its time)
+    options_before: ClassVar[dict] = {}
 
     def __init__(self, spec: PruneSpec, options=None, seed: int = 0):
         spec.validate()
@@ -244,6 +248,27 @@ class PruningMethod:
 
     def latent(self) -> dict[str, torch.Tensor]:
         return {b.name: latent_weight(self.model, b.name) for b in self.targets}
+
+    def dense_masks(self) -> dict[str, torch.Tensor]:
+        """Out-of-scope prunable tensors (``--exclude``) are kept whole."""
+        names = {b.name for b in self.targets}
+        return {
+            b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu()
+            for b in self.graph.prunable
+            if b.name not in names
+        }
+
+    def project(self, scores: dict[str, torch.Tensor], budget: int, k_hint=None):
+        """Exactly ``budget`` topologically consistent entries, preferring high ``scores``
+        (:func:`gcnshrink.graph.projection.consistent_budget_masks`)."""
+        return consistent_budget_masks(
+            self.graph,
+            scores,
+            budget,
+            per_tensor_ranks=self.spec.scope == "layer",
+            dense_masks=self.dense_masks(),
+            k_hint=k_hint,
+        )
 
     def register(self, name: str, parametrization: MaskParametrization) -> None:
         module, attr = split_attr(self.model, name)

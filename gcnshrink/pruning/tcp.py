@@ -58,7 +58,6 @@ import torch
 
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import TensorBinding, UnitGraph
-from gcnshrink.graph.projection import consistent_budget_masks
 from gcnshrink.graph.propagation import AxisUnits, gate, position_matrix, propagate
 from gcnshrink.pruning.budget import SCORES, score_weights
 from gcnshrink.pruning.method import (
@@ -209,27 +208,7 @@ class ProjectionOptions:
 
 
 class ConsistentProjection(PruningMethod):
-    """Shared by tcp and tcp-posthoc: the scores and the exact consistent projection."""
-
-    def dense_masks(self) -> dict[str, torch.Tensor]:
-        """Out-of-scope prunable tensors (``--exclude``) are kept whole."""
-        names = {b.name for b in self.targets}
-        return {
-            b.name: torch.ones_like(latent_weight(self.model, b.name), dtype=torch.bool).cpu()
-            for b in self.graph.prunable
-            if b.name not in names
-        }
-
-    def project(self, scores: dict[str, torch.Tensor], budget: int, k_hint=None):
-        """Exactly ``budget`` consistent entries, preferring high ``scores``."""
-        return consistent_budget_masks(
-            self.graph,
-            scores,
-            budget,
-            per_tensor_ranks=self.spec.scope == "layer",
-            dense_masks=self.dense_masks(),
-            k_hint=k_hint,
-        )
+    """Shared by tcp and tcp-posthoc: the exact consistent projection of the latent scores."""
 
     def projected_masks(self, rate: float) -> dict[str, torch.Tensor]:
         """The exact consistent projection of the latent weights' scores."""
