@@ -650,6 +650,23 @@ class MRMPOptions(SRMPOptions):
             raise GcnshrinkError(f"--reach must be a finite number >= 1, got {self.reach}")
 
 
+def mask_first_scores(
+    weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Scores for the consistent projection of magnitude ``masks`` (``--beyond consistent``): every
+    masked-in weight ranks above every other, the rest rank by magnitude relative to their tensor's
+    threshold (its smallest kept magnitude), so a budget freed from dead units is re-spent where
+    each tensor's own ranking would go next."""
+    relative, kept = {}, {}
+    for name, weight in weights.items():
+        magnitude = weight.detach().abs().cpu().double()
+        kept[name] = masks[name].cpu()
+        threshold = magnitude[kept[name]].min() if kept[name].any() else magnitude.max()
+        relative[name] = magnitude / threshold.clamp(min=1e-30)
+    lead = 1.0 + max(float(r.max()) for r in relative.values() if r.numel())
+    return {n: r + lead * kept[n].double() for n, r in relative.items()}
+
+
 def log_uniform_rate(low: float, high: float, u: float) -> float:
     """The rate whose kept fraction is log-uniform between those of ``low`` and ``high``."""
     a, b = math.log1p(-high), math.log1p(-low)
@@ -739,16 +756,7 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         if rate <= max(self.spec.rates) or not projected:
             return masks
         with torch.no_grad():
-            # the magnitude mask first, then the rest relative to the tensor's threshold, so the
-            # budget is re-spent where each tensor's own ranking would go next
-            relative, kept = {}, {}
-            for name, weight in self.latent().items():
-                magnitude = weight.detach().abs().cpu().double()
-                kept[name] = masks[name].cpu()
-                threshold = magnitude[kept[name]].min() if kept[name].any() else magnitude.max()
-                relative[name] = magnitude / threshold.clamp(min=1e-30)
-            lead = 1.0 + max(float(r.max()) for r in relative.values() if r.numel())
-            scores = {n: r + lead * kept[n].double() for n, r in relative.items()}
+            scores = mask_first_scores(self.latent(), masks)
             projected = self.project(scores, self.budget(rate), k_hint=self.budget(rate))
         return {name: projected[name].to(mask.device) for name, mask in masks.items()}
 
