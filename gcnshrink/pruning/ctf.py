@@ -41,12 +41,16 @@ the fine-tune trains exactly the network that is shipped. Loss: cross-entropy +
 λ·((Σ M − c)/c)², Σ M counting consistent entries (below).
 
 **Start: coarse to fine.** The *fine reference* is the exact consistent projection of LAMP scores
-at the budget (what ``tcp-posthoc`` starts from). Whole channels go first: those the reference
-keeps the fewest weights of per FLOP they cost (``--order flops``: a weight's cost is its
-module's FLOPs on one sample over its size, so a channel of an early ST-GCN block, applied at
-every frame, costs more than one of the classifier; ``density``: per weight), a channel the
-reference already empties first of all, until they remove ``channel_share`` of the weights to
-remove, counting the entries their cut leaves dead. No coupled group loses a larger share of its
+at the budget (what ``tcp-posthoc`` starts from). Whole channels go first, until they remove
+``channel_share`` of the weights to remove, counting the entries their cut leaves dead. Which
+ones (``--order``): ``uniform`` (default) the weakest of every coupled group at the same pace, a
+channel ranked by its magnitude's rank within its group over the group's size, so every group
+keeps the same share of its channels (a width multiplier, which is what makes ST-GCN fast:
+docs/methods.md); ``flops`` those the reference keeps the fewest weights of per FLOP they cost (a
+weight's cost is its module's FLOPs on one sample over its size, so a channel of an early
+ST-GCN block, applied at every frame, costs more than one of the classifier), a channel the
+reference already empties first of all; ``density`` the same per weight; ``mass`` the least
+magnitude per FLOP. No coupled group loses a larger share of its
 units than the rate (at rate 0.5 every layer keeps at least half its channels): ranked by FLOPs
 alone, the attention dimensions of gcn, cheap in weights and dear in FLOPs, all went first and
 the rate-0.5 model started at chance. Then rows and columns of single tensors by the same rules,
@@ -275,7 +279,7 @@ class Allocation:
         margin: float,
         dense_masks: dict[str, torch.Tensor],
         cost: dict[str, float] | None = None,
-        order: str = "flops",
+        order: str = "uniform",
     ):
         names = layout.names
         cost = cost or dict.fromkeys(names, 1.0)
@@ -666,12 +670,12 @@ class CTFOptions:
         0.03, "Sigmoid temperature at the end (annealed geometrically)."
     )
     order: str = option(
-        "flops",
-        "ctf: which channels, rows and columns go first: those the fine (LAMP) allocation keeps "
-        "the fewest weights of per FLOP they cost (flops), or per weight (density); mass: "
-        "channels with the least magnitude per FLOP they cost; uniform: the weakest channels of "
-        "every group at the same pace, so each keeps the same share (rows and columns as flops "
-        "for mass and uniform).",
+        "uniform",
+        "ctf: which channels, rows and columns go first. uniform: the weakest channels of every "
+        "group at the same pace, so each keeps the same share of its width; flops: those the "
+        "fine (LAMP) allocation keeps the fewest weights of per FLOP they cost; density: the "
+        "same per weight; mass: channels with the least magnitude per FLOP they cost (rows and "
+        "columns as flops for mass and uniform).",
         choices=("flops", "density", "mass", "uniform"),
     )
     margin: float = option(

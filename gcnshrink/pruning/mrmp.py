@@ -749,7 +749,7 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         it, with ``--beyond consistent``, their exact consistent projection: no network there was
         trained, a larger share of the magnitude mask sits on units cut off from the input or the
         output (about a tenth at 0.995 on gcn), and re-spending it on connected units gained
-        5-12 points at 0.995 (docs/methods.md, "Extraction past the trained rates")."""
+        2.5-11.7 points at 0.995 on every seed measured (benchmarks/mrmp_beyond.py)."""
         masks = super().compute_masks(rate)
         # --scope layer promises every tensor its own count, which a projection cannot keep
         projected = self.options.beyond == "consistent" and self.spec.scope == "global"
