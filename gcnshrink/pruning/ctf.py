@@ -50,10 +50,10 @@ docs/methods.md); ``flops`` those the reference keeps the fewest weights of per 
 weight's cost is its module's FLOPs on one sample over its size, so a channel of an early
 ST-GCN block, applied at every frame, costs more than one of the classifier), a channel the
 reference already empties first of all; ``density`` the same per weight; ``mass`` the least
-magnitude per FLOP. No coupled group loses a larger share of its
-units than the rate (at rate 0.5 every layer keeps at least half its channels): ranked by FLOPs
-alone, the attention dimensions of gcn, cheap in weights and dear in FLOPs, all went first and
-the rate-0.5 model started at chance. Then rows and columns of single tensors by the same rules,
+magnitude per FLOP. No coupled group loses a larger share of its units than the rate (at rate
+0.5 every layer keeps at least half its channels): ranked by FLOPs alone, the attention
+dimensions of gcn, cheap in weights and dear in FLOPs, all went first and the rate-0.5 model
+started at chance. Then rows and columns of single tensors by the same rules,
 up to ``channel_share + line_share``. Then the exact consistent projection of LAMP scores inside
 what is left, down to the budget. The thresholds are set so that the hard factors reproduce this
 allocation, so training starts from it.
@@ -279,7 +279,8 @@ class Allocation:
         margin: float,
         dense_masks: dict[str, torch.Tensor],
         cost: dict[str, float] | None = None,
-        order: str = "uniform",
+        *,
+        order: str,  # the one default is CTFOptions.order's
     ):
         names = layout.names
         cost = cost or dict.fromkeys(names, 1.0)
@@ -757,7 +758,7 @@ class CoarseToFinePruning(PruningMethod):
                 self.options.margin,
                 self.dense_masks(),
                 cost,
-                self.options.order,
+                order=self.options.order,
             )
         alloc = self.allocation
         self.controller.channel_theta = alloc.channel_theta.to(torch.float32)
