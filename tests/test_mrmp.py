@@ -268,6 +268,53 @@ def test_sandwich_random_student_reaches_past_the_highest_rate(reach):
     assert abs(beyond - expected) < 0.1
 
 
+@pytest.mark.parametrize("projected", [False, True])
+def test_students_past_the_trained_rates_train_the_masks_extracted_there(tiny_data, projected):
+    """--projected-students: a random student past the highest trained rate runs its forward pass
+    with the masks an extraction at its rate gives (the consistent projection), and the gradient
+    still reaches the latent weights; without it, with the magnitude band-stop."""
+    model, pruner = attached(
+        "mrmp", (0.5, 0.9), tiny_gcn(num_classes=tiny_data.num_classes),
+        projected_students=projected, reach=10.0,
+    )  # fmt: skip
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+    seen = []
+
+    def record(module, inputs):
+        if not pruner._capturing and module.training:  # the students' forward passes
+            seen.append({n: split_attr_weight(model, n) != 0 for n in pruner.latent()})
+
+    model.register_forward_pre_hook(record)
+    checked = differ = 0
+    for step in range(12):
+        pruner.on_step(step / 11)
+        seen.clear()
+        students = pruner.student_rates()
+        logits = model(x)
+        total = pruner.loss()
+        assert pruner.controller.fixed is None  # restored after the students
+        (torch.nn.functional.cross_entropy(logits, y) + total).backward()
+        assert all(w.grad is not None for w in pruner.latent().values())
+        for rate, masks in zip(students, seen, strict=True):
+            if rate <= 0.9:
+                continue
+            checked += 1
+            with torch.no_grad():
+                extracted = pruner.compute_masks(rate)
+                magnitude = super(type(pruner), pruner).compute_masks(rate)
+            expected = extracted if projected else magnitude
+            assert all(torch.equal(masks[n], expected[n]) for n in masks), rate
+            differ += not all(torch.equal(extracted[n], magnitude[n]) for n in masks)
+        model.zero_grad()
+    assert checked >= 3 and differ >= 1  # the projection moved some student's masks
+
+
+def split_attr_weight(model, name: str) -> torch.Tensor:
+    """The effective (masked) tensor ``name`` of a parametrized model."""
+    module_path, _, attr = name.rpartition(".")
+    return getattr(model.get_submodule(module_path), attr).detach()
+
+
 @pytest.mark.parametrize("reach", [0.5, float("nan"), float("inf")])
 def test_bad_reach_is_refused(reach):
     with pytest.raises(GcnshrinkError, match="--reach must be a finite number >= 1"):

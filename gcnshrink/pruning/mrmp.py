@@ -249,6 +249,9 @@ class BandController:
         self.q: dict[str, float] = {}
         self.temperature = temperature
         self.mode = mode
+        # hard masks that replace the band-stop's for a forward pass (a projected student);
+        # the band at q still gives the gradient
+        self.fixed: dict[str, torch.Tensor] | None = None
 
 
 class BandStop(MaskParametrization):
@@ -265,9 +268,12 @@ class BandStop(MaskParametrization):
         a = c.scales[self.name] * c.q[self.name]
         width = max(c.temperature * a, 1e-12)
         soft = torch.sigmoid((weight - a) / width) + torch.sigmoid(-(weight + a) / width)
-        if c.mode == "soft":
+        if c.fixed is not None:
+            hard = c.fixed[self.name].to(weight.dtype)
+        elif c.mode == "soft":
             return soft
-        hard = (weight.abs() > a).to(weight.dtype)
+        else:
+            hard = (weight.abs() > a).to(weight.dtype)
         return hard + (soft - soft.detach())
 
 
@@ -639,6 +645,12 @@ class MRMPOptions(SRMPOptions):
         "lower rate's mask).",
         choices=("consistent", "magnitude"),
     )
+    projected_students: bool = option(
+        False,
+        "Train the random students past the highest trained rate with the masks extracted there "
+        "(mrmp, --beyond consistent): their consistent projection instead of the magnitude "
+        "band-stop, so what is trained there is what is extracted.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -751,14 +763,19 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         output (about a tenth at 0.995 on gcn), and re-spending it on connected units gained
         2.5-11.7 points at 0.995 on every seed measured (benchmarks/mrmp_beyond.py)."""
         masks = super().compute_masks(rate)
-        # --scope layer promises every tensor its own count, which a projection cannot keep
-        projected = self.options.beyond == "consistent" and self.spec.scope == "global"
-        if rate <= max(self.spec.rates) or not projected:
+        if not self.projects_at(rate):
             return masks
         with torch.no_grad():
             scores = mask_first_scores(self.latent(), masks)
             projected = self.project(scores, self.budget(rate), k_hint=self.budget(rate))
         return {name: projected[name].to(mask.device) for name, mask in masks.items()}
+
+    def projects_at(self, rate: float) -> bool:
+        """Whether the extraction at ``rate`` is the consistent projection of the magnitude
+        masks: past the highest trained rate, with --beyond consistent and the global scope
+        (--scope layer promises every tensor its own count, which a projection cannot keep)."""
+        projected = self.options.beyond == "consistent" and self.spec.scope == "global"
+        return projected and rate > max(self.spec.rates)
 
     def on_step(self, progress: float) -> None:
         super().on_step(progress)
@@ -777,7 +794,10 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         step_band = self.controller.q
         for rate in self.student_rates():
             self.controller.q = self.band(rate)
+            if self.options.projected_students and self.projects_at(rate):
+                self.controller.fixed = self.compute_masks(rate)
             student = torch.log_softmax(self.model(x), dim=-1)
+            self.controller.fixed = None
             kd = (target * (torch.log(target.clamp(min=1e-12)) - student)).sum(-1).mean()
             total = kd if total is None else total + kd
         self.controller.q = step_band
