@@ -603,6 +603,14 @@ def profile(args) -> dict:
     return {"args": vars(args), "rows": rows}
 
 
+def profile_cells(values: list[float], ratio: bool) -> str:
+    """Milliseconds per model, then (``ratio``) the first model's over the second's."""
+    text = " | ".join(f"{v:.3f}" for v in values)
+    if ratio:
+        text += f" | {values[0] / values[1]:.2f}" if values[1] > 0 else " | –"
+    return text
+
+
 def render_profile(result: dict) -> str:
     a = result["args"]
     lines = [
@@ -620,19 +628,20 @@ def render_profile(result: dict) -> str:
             key=lambda op: -max(r["ms"] for r in mine if r["op"] == op),
         )
         by = {(r["model"], r["op"]): r["ms"] for r in mine}
+        # two models (dense, compacted): the first's time over the second's, per operator
+        ratio = len(models) == 2
         lines += [
             "",
             f"Batch {batch}:",
             "",
-            "| op | " + " | ".join(models) + " |",
-            "|---|" + "---|" * len(models),
+            "| op | " + " | ".join(models) + (" | × |" if ratio else " |"),
+            "|---|" + "---|" * (len(models) + ratio),
         ]
         for op in ops:
-            lines.append(
-                f"| {op} | " + " | ".join(f"{by.get((m, op), 0.0):.3f}" for m in models) + " |"
-            )
+            values = [by.get((m, op), 0.0) for m in models]
+            lines.append(f"| {op} | " + profile_cells(values, ratio) + " |")
         totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
-        lines.append("| total | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
+        lines.append("| total | " + profile_cells(totals, ratio) + " |")
     return "\n".join(lines) + "\n"
 
 
