@@ -51,7 +51,7 @@ from gcnshrink.compact import compact_model
 from gcnshrink.data import load_data
 from gcnshrink.defaults import FINETUNE_LR
 from gcnshrink.graph import masks_from_weights
-from gcnshrink.measure import count_flops
+from gcnshrink.measure import count_flops, flops_by_operator
 from gcnshrink.models import create_model
 from gcnshrink.onnx_export import export_onnx, read_onnx
 from gcnshrink.pruning.ctf import removed_by_granularity
@@ -564,9 +564,15 @@ def profile(args) -> dict:
 
     work = Path(args.work)
     data = load_data(args.stgcn_data if "stgcn" in args.profile else args.gcn_data)
-    rows = []
+    rows, flops = [], []
     for stem in args.profile.split(","):
         path = work / f"{stem}.onnx"
+        checkpoint = work / f"{stem}.pt"
+        if checkpoint.exists():  # the FLOPs of the model exported: the checkpoint compacted
+            model = load_checkpoint(checkpoint).build_model().eval()
+            compacted = compact_model(model, data.x_val[:8]).model
+            for op, count in flops_by_operator(compacted, data.x_test.shape[2]).items():
+                flops.append({"model": stem, "op": op, "flops": count})
         for batch in (1, 32):
             options = ort.SessionOptions()
             options.log_severity_level = 3
@@ -600,7 +606,7 @@ def profile(args) -> dict:
                         "ms": statistics.median(run.get(op, 0.0) for run in runs),
                     }
                 )
-    return {"args": vars(args), "rows": rows}
+    return {"args": vars(args), "rows": rows, "flops": flops}
 
 
 def profile_cells(values: list[float], ratio: bool) -> str:
@@ -638,6 +644,25 @@ def render_profile(result: dict) -> str:
             "|---|" + "---|" * (len(models) + ratio),
         ]
         for op in ops:
+            values = [by.get((m, op), 0.0) for m in models]
+            lines.append(f"| {op} | " + profile_cells(values, ratio) + " |")
+        totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
+        lines.append("| total | " + profile_cells(totals, ratio) + " |")
+    counted = result.get("flops", [])
+    if counted:
+        models = list(dict.fromkeys(r["model"] for r in counted))
+        by = {(r["model"], r["op"]): r["flops"] / 1e6 for r in counted}
+        ratio = len(models) == 2
+        lines += [
+            "",
+            "FLOPs of one sample per aten operator (MFLOPs; torch's FlopCounterMode on the "
+            "compacted model, the count behind the FLOP ratio: `convolution` is ONNX's Conv and "
+            "FusedConv, `bmm` its Einsum, `addmm` its Gemm):",
+            "",
+            "| op | " + " | ".join(models) + (" | × |" if ratio else " |"),
+            "|---|" + "---|" * (len(models) + ratio),
+        ]
+        for op in sorted({r["op"] for r in counted}, key=lambda o: -by.get((models[0], o), 0)):
             values = [by.get((m, op), 0.0) for m in models]
             lines.append(f"| {op} | " + profile_cells(values, ratio) + " |")
         totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]

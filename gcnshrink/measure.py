@@ -68,15 +68,22 @@ def model_frames(config: dict) -> int:
 # ------------------------------------------------------------------------------- one number each
 
 
-def count_flops(model: SkeletonModel, frames: int | None = None) -> int:
-    """FLOPs of one forward pass on one sample of ``frames`` frames."""
+def flops_by_operator(model: SkeletonModel, frames: int | None = None) -> dict[str, int]:
+    """FLOPs of one forward pass on one sample of ``frames`` frames, per aten operator
+    (``convolution``, ``bmm`` for the einsums, ``addmm``/``mm`` for the linear layers, ...)."""
     x = model.example_input(1, frames or model_frames(model.config))
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
-    return int(counter.get_total_flops())
+    counts = counter.get_flop_counts().get("Global", {})
+    return {str(op).split(".")[-1]: int(n) for op, n in counts.items()}
+
+
+def count_flops(model: SkeletonModel, frames: int | None = None) -> int:
+    """FLOPs of one forward pass on one sample of ``frames`` frames."""
+    return sum(flops_by_operator(model, frames).values())
 
 
 def parameter_counts(model: SkeletonModel) -> dict:

@@ -5,7 +5,13 @@ import torch
 from gcnshrink.checkpoint import Checkpoint, save_checkpoint
 from gcnshrink.export import export_model
 from gcnshrink.layouts import get_layout
-from gcnshrink.measure import DEPLOYABLE_KEYS, count_flops, measure_deployable, measure_model
+from gcnshrink.measure import (
+    DEPLOYABLE_KEYS,
+    count_flops,
+    flops_by_operator,
+    measure_deployable,
+    measure_model,
+)
 from gcnshrink.models import create_model
 
 
@@ -45,6 +51,12 @@ def test_stgcn_flops_include_the_graph_einsum():
     assert total > block0_aggregation
     # every cost but the tiny classifier grows with the number of frames
     assert 1.99 * total <= count_flops(model, frames=32) <= 2 * total
+
+    # per operator (benchmarks/ctf.py --profile): the convolutions, and the einsum as bmm, with
+    # block 0's aggregation among the bmm FLOPs; the parts add up to the total
+    parts = flops_by_operator(model, frames=16)
+    assert set(parts) >= {"convolution", "bmm"} and parts["bmm"] >= block0_aggregation
+    assert sum(parts.values()) == total
 
 
 def test_the_sweep_and_inspect_measure_a_shipped_model_alike(tiny_data, tmp_path):
