@@ -609,12 +609,25 @@ def profile(args) -> dict:
     return {"args": vars(args), "rows": rows, "flops": flops}
 
 
-def profile_cells(values: list[float], ratio: bool) -> str:
-    """Milliseconds per model, then (``ratio``) the first model's over the second's."""
-    text = " | ".join(f"{v:.3f}" for v in values)
-    if ratio:
-        text += f" | {values[0] / values[1]:.2f}" if values[1] > 0 else " | –"
-    return text
+def operator_table(models: list[str], ops: list[str], by: dict) -> list[str]:
+    """A markdown table of ``by[(model, op)]`` with a total row; with two models (dense,
+    compacted) a last column gives the first's value over the second's."""
+    ratio = len(models) == 2
+
+    def cells(values: list[float]) -> str:
+        text = " | ".join(f"{v:.3f}" for v in values)
+        if ratio:
+            text += f" | {values[0] / values[1]:.2f}" if values[1] > 0 else " | –"
+        return text
+
+    lines = [
+        "| op | " + " | ".join(models) + (" | × |" if ratio else " |"),
+        "|---|" + "---|" * (len(models) + ratio),
+    ]
+    for op in ops:
+        lines.append(f"| {op} | " + cells([by.get((m, op), 0.0) for m in models]) + " |")
+    totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
+    return [*lines, "| total | " + cells(totals) + " |"]
 
 
 def render_profile(result: dict) -> str:
@@ -634,39 +647,20 @@ def render_profile(result: dict) -> str:
             key=lambda op: -max(r["ms"] for r in mine if r["op"] == op),
         )
         by = {(r["model"], r["op"]): r["ms"] for r in mine}
-        # two models (dense, compacted): the first's time over the second's, per operator
-        ratio = len(models) == 2
-        lines += [
-            "",
-            f"Batch {batch}:",
-            "",
-            "| op | " + " | ".join(models) + (" | × |" if ratio else " |"),
-            "|---|" + "---|" * (len(models) + ratio),
-        ]
-        for op in ops:
-            values = [by.get((m, op), 0.0) for m in models]
-            lines.append(f"| {op} | " + profile_cells(values, ratio) + " |")
-        totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
-        lines.append("| total | " + profile_cells(totals, ratio) + " |")
+        lines += ["", f"Batch {batch}:", "", *operator_table(models, ops, by)]
     counted = result.get("flops", [])
     if counted:
         models = list(dict.fromkeys(r["model"] for r in counted))
         by = {(r["model"], r["op"]): r["flops"] / 1e6 for r in counted}
-        ratio = len(models) == 2
+        ops = sorted({r["op"] for r in counted}, key=lambda op: -by.get((models[0], op), 0))
         lines += [
             "",
             "FLOPs of one sample per aten operator (MFLOPs; torch's FlopCounterMode on the "
             "compacted model, the count behind the FLOP ratio: `convolution` is ONNX's Conv and "
             "FusedConv, `bmm` its Einsum, `addmm` its Gemm):",
             "",
-            "| op | " + " | ".join(models) + (" | × |" if ratio else " |"),
-            "|---|" + "---|" * (len(models) + ratio),
+            *operator_table(models, ops, by),
         ]
-        for op in sorted({r["op"] for r in counted}, key=lambda o: -by.get((models[0], o), 0)):
-            values = [by.get((m, op), 0.0) for m in models]
-            lines.append(f"| {op} | " + profile_cells(values, ratio) + " |")
-        totals = [sum(v for (m, _), v in by.items() if m == model) for model in models]
-        lines.append("| total | " + profile_cells(totals, ratio) + " |")
     return "\n".join(lines) + "\n"
 
 
