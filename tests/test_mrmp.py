@@ -15,6 +15,7 @@ from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import topology_summary
 from gcnshrink.pruning import PruneSpec, create_method, delivering, remove_masks
 from gcnshrink.pruning.budget import budget_per_tensor, global_budget
+from gcnshrink.pruning.method import split_attr
 from gcnshrink.pruning.mrmp import HistogramKL, Prior, largest_remainder
 from gcnshrink.train import TrainConfig, evaluate, fit
 from tests.tiny_zoo import tiny_builders, tiny_gcn
@@ -282,7 +283,7 @@ def test_students_past_the_trained_rates_train_the_masks_extracted_there(tiny_da
 
     def record(module, inputs):
         if not pruner._capturing and module.training:  # the students' forward passes
-            seen.append({n: split_attr_weight(model, n) != 0 for n in pruner.latent()})
+            seen.append({n: getattr(*split_attr(model, n)).detach() != 0 for n in pruner.latent()})
 
     model.register_forward_pre_hook(record)
     checked = differ = 0
@@ -307,12 +308,6 @@ def test_students_past_the_trained_rates_train_the_masks_extracted_there(tiny_da
             differ += not all(torch.equal(extracted[n], magnitude[n]) for n in masks)
         model.zero_grad()
     assert checked >= 3 and differ >= 1  # the projection moved some student's masks
-
-
-def split_attr_weight(model, name: str) -> torch.Tensor:
-    """The effective (masked) tensor ``name`` of a parametrized model."""
-    module_path, _, attr = name.rpartition(".")
-    return getattr(model.get_submodule(module_path), attr).detach()
 
 
 @pytest.mark.parametrize("reach", [0.5, float("nan"), float("inf")])
