@@ -5,10 +5,10 @@
 a key means the same quantity everywhere:
 
 - ``params`` / ``nonzero``: parameters and nonzero parameters of the model;
-- ``flops``: counted by ``torch.utils.flop_counter.FlopCounterMode`` on one sample (matrix
-  products, convolutions and the einsum/bmm of the graph aggregation and attention; a multiply-add
-  is 2 FLOPs). A property of the architecture and its widths: a compacted model has fewer, zeros
-  inside a dense tensor still count;
+- ``flops``: counted by ``torch.utils.flop_counter.FlopCounterMode`` (:mod:`gcnshrink.flops`) on
+  one sample (matrix products, convolutions and the einsum/bmm of the graph aggregation and
+  attention; a multiply-add is 2 FLOPs). A property of the architecture and its widths: a
+  compacted model has fewer, zeros inside a dense tensor still count;
 - ``bytes_dense`` / ``bytes_sparse`` / ``bytes_gzip``: the state as a dense safetensors file, a
   sparse safetensors file and gzip -9 of the dense file (computed in memory);
 - ``bytes_onnx``: the model exported to ONNX; ``latency_ms``: the median ONNX Runtime (CPU) time of
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from gcnshrink.checkpoint import (
     FORMAT,
@@ -37,6 +36,7 @@ from gcnshrink.compact import compact_model
 from gcnshrink.data import SkeletonData
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.export import exportable_state
+from gcnshrink.flops import forward_flop_counts
 from gcnshrink.graph import masks_from_weights
 from gcnshrink.graph.propagation import topology_summary
 from gcnshrink.models import SkeletonModel, create_model, model_class
@@ -71,14 +71,8 @@ def model_frames(config: dict) -> int:
 def flops_by_operator(model: SkeletonModel, frames: int | None = None) -> dict[str, int]:
     """FLOPs of one forward pass on one sample of ``frames`` frames, per aten operator
     (``convolution``, ``bmm`` for the einsums, ``addmm``/``mm`` for the linear layers, ...)."""
-    x = model.example_input(1, frames or model_frames(model.config))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    counts = counter.get_flop_counts().get("Global", {})
-    return {str(op).split(".")[-1]: int(n) for op, n in counts.items()}
+    counts = forward_flop_counts(model, frames or model_frames(model.config))
+    return counts.get("Global", {})
 
 
 def count_flops(model: SkeletonModel, frames: int | None = None) -> int:

@@ -4,6 +4,7 @@ import torch
 
 from gcnshrink.checkpoint import Checkpoint, save_checkpoint
 from gcnshrink.export import export_model
+from gcnshrink.flops import forward_flop_counts
 from gcnshrink.layouts import get_layout
 from gcnshrink.measure import (
     DEPLOYABLE_KEYS,
@@ -57,6 +58,17 @@ def test_stgcn_flops_include_the_graph_einsum():
     parts = flops_by_operator(model, frames=16)
     assert set(parts) >= {"convolution", "bmm"} and parts["bmm"] >= block0_aggregation
     assert sum(parts.values()) == total
+
+
+def test_flops_per_module_price_one_convolution_and_leave_the_training_mode():
+    """The counter behind the reports and ctf's FLOP prices: per module, exact, side-effect free."""
+    model = create_model("stgcn", num_classes=3, layout=get_layout("sbu15"), base_width=4)
+    model.train()
+    counts = forward_flop_counts(model, frames=16)
+    assert model.training
+    # block 0's 1x1 graph convolution, 3 -> K·C = 3·4 channels on M=2 persons, 16 frames, 15 joints
+    assert counts["st_gcn_networks.0.gcn.conv"] == {"convolution": 2 * 2 * 3 * 12 * 16 * 15}
+    assert counts["Global"] == flops_by_operator(model, frames=16)
 
 
 def test_the_sweep_and_inspect_measure_a_shipped_model_alike(tiny_data, tmp_path):

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 import torch
 
 from gcnshrink.errors import GcnshrinkError
+from gcnshrink.flops import forward_flop_counts
 from gcnshrink.graph import TensorBinding, UnitGraph, consistent
 from gcnshrink.graph.projection import consistent_budget_masks
 from gcnshrink.graph.propagation import AxisUnits, gate, position_matrix, propagate
@@ -626,19 +627,9 @@ class CTFMask(MaskParametrization):
 # ---------------------------------------------------------------------------- the method
 def flops_per_weight(model: torch.nn.Module, names: list[str]) -> dict[str, float]:
     """FLOPs one weight of each tensor costs on one sample (32 frames): its module's FLOPs
-    (``torch.utils.flop_counter``) over its size; at least 2 (one multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    example = model.example_input(1, 32).to(next(model.parameters()).device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example)
-    model.train(was_training)
+    over its size; at least 2 (one multiply-add)."""
     per_module = {
-        key.split(".", 1)[1]: sum(ops.values())
-        for key, ops in counter.get_flop_counts().items()
-        if "." in key
+        module: sum(ops.values()) for module, ops in forward_flop_counts(model, 32).items()
     }
     out = {}
     for name in names:
