@@ -47,6 +47,7 @@ from gcnshrink.prune import (
     extract,
     prune,
 )
+from gcnshrink.pruning.budget import check_rate
 from gcnshrink.report import write_reports
 from gcnshrink.results import load_results
 from gcnshrink.sweep import run_sweep
@@ -138,6 +139,9 @@ def evaluate(
     multi-rate checkpoint, ``rates`` evaluates the model extracted at each:
     ``{"model", "data", "multi_rate": True, "by_rate": [{"rate", "realized_rate", "accuracy",
     ...}]}``."""
+    if rates:
+        # all of them before the first extraction
+        rates = [check_rate(r, "each rate of --rates") for r in rates]
     dataset = as_data(data, seed)
     if rates:
         ckpt = as_checkpoint(model, **_load_options(arch, layout, arch_config))

@@ -76,6 +76,25 @@ def check_training(
     check_device(device)
 
 
+def parse_list(flag: str, text: str, kind: type = str) -> list:
+    """A comma-separated command-line list (``--rates 0.5,0.9``): at least one value, no empty
+    entry and no value twice. An empty list used to be taken as no list at all (``prune --method
+    mrmp --rates ""`` trained a single rate, ``extract --rates ""`` wrote nothing and succeeded)."""
+    entries = [t.strip() for t in text.split(",")]
+    if not any(entries):
+        raise GcnshrinkError(f"{flag} names no value; give a comma-separated list")
+    if not all(entries):
+        raise GcnshrinkError(f"{flag} {text!r} has an empty entry")
+    try:
+        values = [kind(t) for t in entries]
+    except ValueError:
+        noun = {float: "numbers", int: "integers"}.get(kind, "values")
+        raise GcnshrinkError(
+            f"{flag} must be a comma-separated list of {noun}, got {text!r}"
+        ) from None
+    return check_unique(flag, values)
+
+
 def check_unique(flag: str, values: Iterable[object]) -> list:
     """A list given on the command line (``--rates 0.9,0.9``) must not repeat a value."""
     values = list(values)

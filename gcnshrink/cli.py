@@ -501,7 +501,7 @@ def eval_(
     elif wanted:
         for r in result["by_rate"]:
             console.print(
-                f"{model} extracted at rate {r['rate']:g} (realized {r['realized_rate']:.4%}): "
+                f"{model} extracted at rate {r['rate']} (realized {r['realized_rate']:.4%}): "
                 f"accuracy [bold]{r['accuracy']:.2%}[/], mean per-class "
                 f"{r['mean_class_accuracy']:.2%} on {r['samples']} test samples of {data}"
             )
@@ -705,7 +705,7 @@ def _prune(
         )
     else:
         console.print(
-            f"[bold]{s['method']}[/] at rate {s['rate']:g} (realized {s['realized_rate']:.4%}): "
+            f"[bold]{s['method']}[/] at rate {s['rate']} (realized {s['realized_rate']:.4%}): "
             f"test accuracy [bold]{s['accuracy']:.2%}[/] vs dense {s['dense_accuracy']:.2%}; "
             f"{s['nonzero']:,} nonzero of {s['params']:,} params; "
             f"{s['inconsistent_connections']} inconsistent connections, {s['dead_units']} dead units -> {output}"
@@ -716,13 +716,9 @@ prune = app.command("prune")(WithMethodOptions(user_errors(_prune), "prune"))
 
 
 def parse_rates(text: str) -> list[float]:
-    from gcnshrink.arguments import check_unique
+    from gcnshrink.arguments import parse_list
 
-    try:
-        rates = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise GcnshrinkError(f"--rates must be a comma-separated list, got {text!r}") from None
-    return check_unique("--rates", rates)
+    return parse_list("--rates", text, float)
 
 
 @app.command()
@@ -745,18 +741,25 @@ def extract(
     Example: gcnshrink extract multi.pt --rate 0.97 -o pruned97.pt
     """
     from gcnshrink import api
-    from gcnshrink.checkpoint import save_checkpoint
+    from gcnshrink.checkpoint import load_checkpoint, save_checkpoint
+    from gcnshrink.pruning.budget import check_rate
 
     if (rate is None) == (rates is None):
         raise GcnshrinkError("pass --rate R or --rates a,b,c")
-    wanted = [rate] if rate is not None else parse_rates(rates)
-    paths = [output] if rate is not None else [output / f"rate-{r:g}.pt" for r in wanted]
+    if rate is not None:
+        wanted = [check_rate(rate)]
+    else:
+        wanted = [check_rate(r, "each rate of --rates") for r in parse_rates(rates)]
+    paths = [output] if rate is not None else [output / f"rate-{r}.pt" for r in wanted]
     for path in paths:
         check_output(path, force)
+    # every rate is checked before the first file is written: a bad one used to leave the
+    # earlier rates' files behind
+    multi_rate = load_checkpoint(model)
     summaries = []
     try:
         for r, path in zip(wanted, paths, strict=True):
-            outcome = api.extract(model, r)
+            outcome = api.extract(multi_rate, r)
             save_checkpoint(outcome.checkpoint, path, force=force)
             summaries.append({**outcome.summary, "output": str(path)})
     except KeyboardInterrupt as exc:
@@ -769,7 +772,7 @@ def extract(
         return
     for s in summaries:
         console.print(
-            f"{s['method']} at rate {s['rate']:g} (realized {s['realized_rate']:.4%}): "
+            f"{s['method']} at rate {s['rate']} (realized {s['realized_rate']:.4%}): "
             f"{s['nonzero']:,} nonzero of {s['params']:,} params -> {s['output']}"
         )
 
@@ -925,22 +928,17 @@ def sweep(
     Example: gcnshrink sweep dense.pt --data synthetic:hands --methods mp,tcp --rates 0.9,0.99 -o sweep/
     """
     from gcnshrink import api
-
-    def numbers(text: str, kind, what: str):
-        try:
-            return [kind(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            raise GcnshrinkError(f"--{what} must be a comma-separated list, got {text!r}") from None
+    from gcnshrink.arguments import parse_list
 
     try:
         paths = api.sweep(
             model,
             data,
             output,
-            methods=[m.strip() for m in methods.split(",") if m.strip()],
-            rates=numbers(rates, float, "rates"),
+            methods=parse_list("--methods", methods),
+            rates=parse_list("--rates", rates, float),
             epochs=epochs,
-            seeds=numbers(seeds, int, "seeds"),
+            seeds=parse_list("--seeds", seeds, int),
             arch=arch,
             layout=layout,
             arch_config=parse_arch_config(arch_config),

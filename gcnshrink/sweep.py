@@ -75,7 +75,7 @@ def run_sweep(
     for m in methods:
         method_class(m)  # an unknown name is refused before any work
     for r in rates:
-        check_rate(r)
+        check_rate(r, "each rate of --rates")
     if not methods or not rates or not seeds:
         raise GcnshrinkError("--methods, --rates and --seeds must each name at least one value")
     for flag, values in (("--methods", methods), ("--rates", rates), ("--seeds", seeds)):

@@ -547,6 +547,16 @@ def test_single_model_commands_refuse_a_multi_rate_checkpoint(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("rates", ["", "0.5,,0.9", "0.5,abc", "0.9,0.9", "0.5,1.5"])
+def test_extract_refuses_a_bad_rate_list_and_writes_nothing(cli, multi_rate_file, tmp_path, rates):
+    """``--rates ""`` used to succeed having written nothing; ``0.5,1.5`` wrote 0.5's file."""
+    result = cli("extract", multi_rate_file, "--rates", rates, "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert "--rates" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------- sweep
 def test_sweep_trains_mrmp_once_per_seed_and_draws_it_as_a_curve(
     trained_gcn, tmp_path, monkeypatch

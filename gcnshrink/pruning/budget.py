@@ -54,21 +54,21 @@ class PruneSpec:
         if not self.rates:
             raise GcnshrinkError("no rate given")
         for rate in self.rates:
-            check_rate(rate)
+            check_rate(rate, "--rate" if len(self.rates) == 1 else "each rate of --rates")
         if len(set(self.rates)) != len(self.rates):
             raise GcnshrinkError(f"rates repeat: {', '.join(f'{r:g}' for r in self.rates)}")
         if self.scope not in SCOPES:
             raise GcnshrinkError(f"--scope must be 'global' or 'layer', got {self.scope!r}")
 
 
-def check_rate(rate: object) -> float:
+def check_rate(rate: object, flag: str = "--rate") -> float:
     if (
         isinstance(rate, bool)
         or not isinstance(rate, int | float)
         or math.isnan(rate)
         or not 0.0 < rate < 1.0
     ):
-        raise GcnshrinkError(f"--rate must be a number strictly between 0 and 1, got {rate}")
+        raise GcnshrinkError(f"{flag} must be a number strictly between 0 and 1, got {rate}")
     return float(rate)
 
 
