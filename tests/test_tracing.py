@@ -236,10 +236,11 @@ def _prune(model: UserModel, method: str, rate: float) -> UserModel:
 
 @pytest.mark.parametrize("kind", list(USER_MODELS))
 def test_user_model_prunes_compacts_and_exports(kind, tmp_path):
-    """tcp and mp prune the user's model through its derived graph; the pruned model compacts
-    with unchanged logits (compact_model checks them on the calibration batch; here on other
-    inputs too) and the compacted tcp model exports to ONNX with the same logits."""
-    for method in ("tcp", "mp"):
+    """tcp, mp and ctf (whose channel, row and column factors come from the derived graph) prune
+    the user's model; the pruned model compacts with unchanged logits (compact_model checks them
+    on the calibration batch; here on other inputs too) and the compacted ctf model exports to
+    ONNX with the same logits."""
+    for method in ("tcp", "mp", "ctf"):
         torch.manual_seed(0)
         model = randomize(create_model("user", **user_config(USER_MODELS[kind])))
         pruned = _prune(model, method, 0.9)
