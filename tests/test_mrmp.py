@@ -329,8 +329,9 @@ def test_more_random_students_each_get_their_own_rate():
 
 
 def test_options_are_checked():
-    with pytest.raises(GcnshrinkError, match="--kl-weight must be >= 0"):
-        create_method("srmp", PruneSpec((0.9,)), {"kl_weight": -1.0})
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(GcnshrinkError, match="--kl-weight must be a finite number >= 0"):
+            create_method("srmp", PruneSpec((0.9,)), {"kl_weight": bad})
     with pytest.raises(GcnshrinkError, match="--prior must be one of"):
         create_method("srmp", PruneSpec((0.9,)), {"prior": "cauchy"})
     with pytest.raises(GcnshrinkError, match="--sampling applies to mrmp only"):

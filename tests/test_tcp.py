@@ -280,6 +280,28 @@ def test_bad_schedule_options_are_refused(options):
         create_method("tcp", PruneSpec((0.99,)), options)
 
 
+@pytest.mark.parametrize(
+    "method, options, flag",
+    [
+        ("tcp", {"budget_weight": float("inf")}, "--budget-weight must be a finite number"),
+        ("ctf", {"budget_weight": float("inf")}, "--budget-weight must be a finite number"),
+        ("ctf", {"temperature_start": float("nan")}, "--temperature-start must be a finite"),
+        ("tcp", {"temperature_end": 1.0}, "--temperature-end .* must be at most"),
+        ("ctf", {"temperature_end": 1.0}, "--temperature-end .* must be at most"),
+        ("srmp", {"band_temperature_end": float("inf")}, "--band-temperature-end must be a"),
+        ("mrmp", {"band_temperature_start": 0.05}, "--band-temperature-end .* must be at most"),
+    ],
+)
+def test_schedules_must_be_finite_and_anneal(method, options, flag):
+    """An infinite budget weight or temperature trained on NaN losses and still wrote a model;
+    a temperature that rises at the end leaves soft masks where hard ones are delivered."""
+    from gcnshrink.errors import GcnshrinkError
+
+    rates = (0.5, 0.9) if method == "mrmp" else (0.9,)
+    with pytest.raises(GcnshrinkError, match=flag):
+        create_method(method, PruneSpec(rates), options)
+
+
 @pytest.mark.parametrize("share", [-1.0, float("nan"), float("inf")])
 def test_bad_steering_share_is_refused(share):
     from gcnshrink.errors import GcnshrinkError

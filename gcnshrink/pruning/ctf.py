@@ -85,7 +85,14 @@ from gcnshrink.graph import TensorBinding, UnitGraph, consistent
 from gcnshrink.graph.projection import consistent_budget_masks
 from gcnshrink.graph.propagation import AxisUnits, gate, position_matrix, propagate
 from gcnshrink.pruning.budget import lamp_scores
-from gcnshrink.pruning.method import MaskParametrization, PruningMethod, latent_weight, option
+from gcnshrink.pruning.method import (
+    MaskParametrization,
+    PruningMethod,
+    check_annealing,
+    check_positive,
+    latent_weight,
+    option,
+)
 from gcnshrink.pruning.registry import register_method
 from gcnshrink.pruning.tcp import reach_step
 
@@ -699,10 +706,8 @@ class CTFOptions:
                 "--channel-share plus --line-share must be at most 1, got "
                 f"{self.channel_share + self.line_share:g}"
             )
-        for key in ("budget_weight", "temperature_start", "temperature_end"):
-            if not getattr(self, key) > 0:
-                flag = key.replace("_", "-")
-                raise GcnshrinkError(f"--{flag} must be positive, got {getattr(self, key)}")
+        check_positive(self, "budget_weight")
+        check_annealing(self, "temperature_start", "temperature_end")
         if not 0.0 < self.margin < 1.0:
             raise GcnshrinkError(f"--margin must be in (0, 1), got {self.margin}")
         if not 0.0 < self.crisp_at <= 1.0:

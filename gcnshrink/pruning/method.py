@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import math
 from typing import ClassVar
 
 import torch
@@ -57,6 +58,27 @@ def option(default, help: str, choices: tuple | None = None):
     if choices is not None:
         metadata["choices"] = tuple(choices)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_positive(options: object, *keys: str) -> None:
+    """Each named option a finite number above 0: an infinite budget weight or temperature
+    trained on NaN losses and still wrote a model."""
+    for key in keys:
+        value = getattr(options, key)
+        if not (math.isfinite(value) and value > 0):
+            flag = "--" + key.replace("_", "-")
+            raise GcnshrinkError(f"{flag} must be a finite number above 0, got {value}")
+
+
+def check_annealing(options: object, start: str, end: str) -> None:
+    """A temperature schedule: both ends finite and above 0, and it anneals (end <= start)."""
+    check_positive(options, start, end)
+    if getattr(options, end) > getattr(options, start):
+        raise GcnshrinkError(
+            f"--{end.replace('_', '-')} ({getattr(options, end)}) must be at most "
+            f"--{start.replace('_', '-')} ({getattr(options, start)}): the masks are annealed "
+            "towards hard 0/1"
+        )
 
 
 def split_attr(model: nn.Module, name: str) -> tuple[nn.Module, str]:

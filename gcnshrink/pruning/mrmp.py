@@ -66,7 +66,7 @@ import torch
 
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.pruning.budget import budget_per_tensor, global_budget, topk_masks
-from gcnshrink.pruning.method import MaskParametrization, PruningMethod, option
+from gcnshrink.pruning.method import MaskParametrization, PruningMethod, check_annealing, option
 from gcnshrink.pruning.registry import register_method
 
 PRIORS = ("laplace", "gaussian")
@@ -360,12 +360,9 @@ class SRMPOptions:
     )
 
     def __post_init__(self) -> None:
-        if not self.kl_weight >= 0:
-            raise GcnshrinkError(f"--kl-weight must be >= 0, got {self.kl_weight}")
-        for key in ("band_temperature_start", "band_temperature_end"):
-            if not getattr(self, key) > 0:
-                flag = key.replace("_", "-")
-                raise GcnshrinkError(f"--{flag} must be positive, got {getattr(self, key)}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            raise GcnshrinkError(f"--kl-weight must be a finite number >= 0, got {self.kl_weight}")
+        check_annealing(self, "band_temperature_start", "band_temperature_end")
 
 
 @register_method

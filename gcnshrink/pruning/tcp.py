@@ -64,6 +64,8 @@ from gcnshrink.pruning.method import (
     HardMask,
     MaskParametrization,
     PruningMethod,
+    check_annealing,
+    check_positive,
     latent_weight,
     option,
 )
@@ -252,10 +254,8 @@ class TCPOptions(ProjectionOptions):
     )
 
     def __post_init__(self) -> None:
-        for key in ("budget_weight", "temperature_start", "temperature_end"):
-            if not getattr(self, key) > 0:
-                flag = key.replace("_", "-")
-                raise GcnshrinkError(f"--{flag} must be positive, got {getattr(self, key)}")
+        check_positive(self, "budget_weight")
+        check_annealing(self, "temperature_start", "temperature_end")
         if not 0.0 <= self.steering <= 1.0:
             raise GcnshrinkError(f"--steering must be between 0 and 1, got {self.steering}")
         if not 0.0 <= self.steering_share < math.inf:  # also refuses NaN
