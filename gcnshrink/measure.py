@@ -290,9 +290,31 @@ def _load(path: Path, load_options: dict | None, data: SkeletonData | None) -> C
 
 
 def multi_rate_record(ckpt: Checkpoint) -> dict | None:
-    """The pruning record of a multi-rate checkpoint (latent weights, not one model), else None."""
+    """The pruning record of a multi-rate checkpoint (latent weights, not one model), else None.
+    The fields every command reads are checked here, so an edited file is one line wherever it
+    is read (inspect printed a traceback for rates that were not numbers)."""
     record = ckpt.pruning or {}
-    return record if record.get("multi_rate") else None
+    if not isinstance(record, dict) or not record.get("multi_rate"):
+        return None
+
+    def broken(field: str) -> GcnshrinkError:
+        value = repr(record.get(field))[:80]
+        return GcnshrinkError(
+            f"broken multi-rate checkpoint: its pruning record has {field} = {value}"
+        )
+
+    rates = record.get("rates")
+    if not (
+        isinstance(rates, list)
+        and rates
+        and all(isinstance(r, int | float) and not isinstance(r, bool) and 0 < r < 1 for r in rates)
+    ):
+        raise broken("rates")
+    if not isinstance(record.get("method"), str):
+        raise broken("method")
+    if not isinstance(record.get("val_accuracy_by_rate", {}), dict):
+        raise broken("val_accuracy_by_rate")
+    return record
 
 
 def refuse_multi_rate(ckpt: Checkpoint, name: str | Path | None, what: str) -> None:

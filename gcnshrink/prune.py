@@ -29,7 +29,7 @@ from gcnshrink.data import SkeletonData, load_data
 from gcnshrink.defaults import FINETUNE_EPOCHS, FINETUNE_LR
 from gcnshrink.errors import GcnshrinkError
 from gcnshrink.graph import masks_from_weights
-from gcnshrink.measure import weight_counts
+from gcnshrink.measure import multi_rate_record, weight_counts
 from gcnshrink.models import SkeletonModel
 from gcnshrink.models.user import UserModel
 from gcnshrink.pruning import PruneSpec, bake, create_method, realized_rate, remove_masks
@@ -250,13 +250,16 @@ def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
     """A pruned checkpoint at any ``rate`` the multi-rate checkpoint's method serves: no data, no
     training. Its realized rate is the rate (the method's budget rule)."""
     ckpt = as_checkpoint(multi_rate)
-    record = ckpt.pruning or {}
-    if not record.get("multi_rate"):
+    record = multi_rate_record(ckpt)
+    if record is None:
         raise GcnshrinkError(
             "not a multi-rate checkpoint (gcnshrink prune --rates a,b,c makes one)"
         )
     check_rate(rate)
-    try:  # an edited record is one line, not a KeyError deep in a method
+    working = ckpt.build_model()
+    # an edited record is one line that blames the file, not a KeyError deep in a method or a
+    # message about a flag the user never gave
+    try:
         name = record["method"]
         options = {
             **method_class(name).options_before,
@@ -264,13 +267,14 @@ def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
         }
         spec = PruneSpec(tuple(record["rates"]), record["scope"], tuple(record["exclude"]))
         spec.validate()
+        with torch.no_grad():
+            method = _attached_method(working, name, spec, options, 0)
     except (KeyError, TypeError, AttributeError) as exc:
         raise GcnshrinkError(
             f"broken multi-rate checkpoint: its pruning record ({exc!r})"
         ) from None
-    working = ckpt.build_model()
-    with torch.no_grad():
-        method = _attached_method(working, name, spec, options, 0)
+    except GcnshrinkError as exc:
+        raise GcnshrinkError(f"broken multi-rate checkpoint: its pruning record: {exc}") from None
     try:
         method.load_state_dict(ckpt.method_state or {})
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:

@@ -558,6 +558,43 @@ def test_extract_refuses_a_bad_rate_list_and_writes_nothing(cli, multi_rate_file
     assert not (tmp_path / "out").exists()
 
 
+EDITED_RECORDS = {
+    "rates not numbers": ("rates", "abc"),
+    "rate out of range": ("rates", [2.0]),
+    "no rates": ("rates", []),
+    "unknown method": ("method", "nope"),
+    "another method's options": ("method", "ctf"),
+    "options not a table": ("options", [1, 2]),
+    "bad option value": ("options", {"kl_weight": -5.0}),
+    "scope": ("scope", "nope"),
+    "exclude": ("exclude", 5),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITED_RECORDS))
+def test_an_edited_multi_rate_record_is_one_line_that_blames_the_file(
+    cli, multi_rate, tmp_path, case
+):
+    """inspect printed a traceback for rates that were not numbers; extract blamed flags the user
+    never gave (``--kl-weight must be ...``)."""
+    import copy
+
+    field, value = EDITED_RECORDS[case]
+    ckpt = copy.deepcopy(multi_rate.checkpoint)
+    ckpt.pruning[field] = value
+    path = save_checkpoint(ckpt, tmp_path / "edited.pt")
+    result = cli("extract", path, "--rate", "0.7", "-o", tmp_path / "out.pt")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: broken multi-rate checkpoint"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()
+    shown = cli("inspect", path)  # what inspect reads of the record is checked; the rest shows
+    assert shown.exit_code in (0, 2), shown.output
+    if shown.exit_code == 2:
+        assert shown.stderr.startswith("error: broken multi-rate checkpoint")
+        assert len(shown.stderr.splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------- sweep
 def test_sweep_trains_mrmp_once_per_seed_and_draws_it_as_a_curve(
     trained_gcn, tmp_path, monkeypatch
