@@ -487,7 +487,7 @@ def shown_command(argv: list, folders: tuple[Path, ...]) -> str:
         text = str(arg)
         for folder in folders:
             text = "." if text == str(folder) else text.replace(f"{folder}{os.sep}", "")
-        parts.append(text)
+        parts.append(text or "''")  # an empty argument, as a shell user types it
     return " ".join(["gcnshrink", *parts])
 
 
