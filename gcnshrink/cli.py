@@ -753,13 +753,13 @@ def extract(
     paths = [output] if rate is not None else [output / f"rate-{r}.pt" for r in wanted]
     for path in paths:
         check_output(path, force)
-    # every rate is checked before the first file is written: a bad one used to leave the
-    # earlier rates' files behind
+    # every rate is extracted before the first file is written: a rate refused late in the
+    # list used to leave the earlier rates' files behind
     multi_rate = load_checkpoint(model)
+    outcomes = [api.extract(multi_rate, r) for r in wanted]
     summaries = []
     try:
-        for r, path in zip(wanted, paths, strict=True):
-            outcome = api.extract(multi_rate, r)
+        for outcome, path in zip(outcomes, paths, strict=True):
             save_checkpoint(outcome.checkpoint, path, force=force)
             summaries.append({**outcome.summary, "output": str(path)})
     except KeyboardInterrupt as exc:

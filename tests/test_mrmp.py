@@ -548,13 +548,26 @@ def test_single_model_commands_refuse_a_multi_rate_checkpoint(
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("rates", ["", "0.5,,0.9", "0.5,abc", "0.9,0.9", "0.5,1.5"])
-def test_extract_refuses_a_bad_rate_list_and_writes_nothing(cli, multi_rate_file, tmp_path, rates):
-    """``--rates ""`` used to succeed having written nothing; ``0.5,1.5`` wrote 0.5's file."""
+@pytest.mark.parametrize(
+    "rates, message",
+    [
+        ("", "--rates names no value"),
+        ("0.5,,0.9", "has an empty entry"),
+        ("0.5,abc", "--rates must be a comma-separated list of numbers"),
+        ("0.9,0.9", "--rates lists 0.9 twice"),
+        ("0.5,1.5", "each rate of --rates must be a number strictly between 0 and 1"),
+        ("0.5,0.9999999", "rate 0.9999999 keeps 0 of"),
+    ],
+)
+def test_extract_refuses_a_bad_rate_list_and_writes_nothing(
+    cli, multi_rate_file, tmp_path, rates, message
+):
+    """``--rates ""`` used to succeed having written nothing; ``0.5,1.5`` wrote 0.5's file;
+    0.9999999 kept no weight at all and succeeded (prune refuses such a rate)."""
     result = cli("extract", multi_rate_file, "--rates", rates, "-o", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
-    assert "--rates" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "out").exists()
 
 
