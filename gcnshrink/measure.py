@@ -305,7 +305,7 @@ def multi_rate_record(ckpt: Checkpoint) -> dict | None:
 
     rates = record.get("rates")
     if not (
-        isinstance(rates, list)
+        isinstance(rates, list | tuple)
         and rates
         and all(isinstance(r, int | float) and not isinstance(r, bool) and 0 < r < 1 for r in rates)
     ):
