@@ -1,5 +1,6 @@
 """Checks of the values users give a training run: epochs, batch size, learning rate, seed and
-device, as flags of ``train``, ``prune``, ``sweep`` and ``demo`` or keywords of ``gcnshrink.api``.
+device, as flags of ``train``, ``prune``, ``sweep`` and ``demo`` or keywords of ``gcnshrink.api``,
+and the comma-separated lists of the command line (``--rates``, ``--methods``, ``--seeds``).
 
 Each bad value is one :class:`~gcnshrink.errors.GcnshrinkError` naming the flag, raised before
 any data is loaded or any model is built (a batch size of 0 used to fail after loading everything,
