@@ -261,31 +261,7 @@ BAD_INPUTS = {
     "unknown-arch": lambda m, spec, out: ["train", "--data", spec, "--arch", "msg3d", "-o", out],
     "bad-set": lambda m, spec, out: ["train", "--data", spec, "--set", "heads", "-o", out],
     "zero-epochs": lambda m, spec, out: ["train", "--data", spec, "--epochs", "0", "-o", out],
-    # an empty list is refused, not read as no list (mrmp once fell back to one rate)
-    "prune-mrmp-no-rates": lambda m, spec, out: [
-        "prune",
-        m,
-        "--data",
-        spec,
-        "-o",
-        out,
-        "--method",
-        "mrmp",
-        "--rates",
-        "",
-    ],
-    "prune-rates-empty-entry": lambda m, spec, out: [
-        "prune",
-        m,
-        "--data",
-        spec,
-        "-o",
-        out,
-        "--method",
-        "mrmp",
-        "--rates",
-        "0.5,,0.9",
-    ],
+    # empty lists and entries in prune: tests/test_hardening.py (the docs/security.md table)
     "eval-rates-not-numbers": lambda m, spec, out: ["eval", m, "--data", spec, "--rates", "0.5,x"],
     "sweep-seeds-not-integers": lambda m, spec, out: [
         "sweep",
