@@ -63,6 +63,50 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
+# how many training samples recompute the batch-norm statistics of a delivered network: enough
+# for a stable mean and variance per channel, a fraction of an epoch on NTU-sized data
+BATCHNORM_CALIBRATION_SAMPLES = 2048
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int = 64,
+    samples: int = BATCHNORM_CALIBRATION_SAMPLES,
+) -> bool:
+    """Recompute every batch norm's running statistics for the network as it computes now (under
+    its current masks): reset them, then run up to ``samples`` inputs of ``x``, evenly spread over
+    it, through the model in training mode without gradients, with a cumulative average
+    (momentum None). Training mode as for the running averages it replaces (dropout draws, from
+    the seeded generator). Returns False, changing nothing, when the model has no batch norm that
+    tracks statistics or ``x`` is empty. The model's mode and momenta are restored."""
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms or len(x) == 0:
+        return False
+    count = min(samples, len(x))
+    picked = torch.linspace(0, len(x) - 1, steps=count).round().long().unique()
+    device = next(model.parameters()).device
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for i in range(0, len(picked), batch_size):
+            model(x[picked[i : i + batch_size]].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return True
+
+
 def accuracy_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
     """Top-1 accuracy and mean per-class accuracy (classes absent from y are skipped)."""
     pred = logits.argmax(dim=1)
@@ -182,11 +226,17 @@ class ValidationSelection(Callback):
             return accuracy, {}, {}
         selection = self.method.selection_rates()
         masks, scored = {}, {}
+        # a method whose masks move keeps running statistics averaged over networks it no longer
+        # computes; the delivered one gets its own (one network: a multi-rate checkpoint has one
+        # set of statistics for every rate and extraction has no data to recompute them)
+        recalibrate = self.method.recalibrate_batchnorm and not self.method.multi_rate
         for rate in dict.fromkeys((*self.rates, *selection)):
             rate_masks = self.method.masks_at(rate)
             if rate in self.rates:
                 masks[rate] = rate_masks
             with delivering(model, rate_masks):
+                if recalibrate and recalibrate_batchnorm(model, data.x_train):
+                    distributed.broadcast_buffers(model)  # every rank keeps rank 0's
                 scored[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
         by_rate = {r: scored[r] for r in self.rates}
         return sum(scored[r] for r in selection) / len(selection), masks, by_rate

@@ -474,3 +474,33 @@ def test_inspect_reports_the_split_and_prune_has_the_flags(cli, tmp_path):
     ]
     flags = {o.flag for o in option_table() if "ctf" in o.methods}
     assert {"--channel-share", "--line-share", "--order", "--margin", "--crisp-at"} <= flags
+
+
+# ---------------------------------------------------------------------------- batch norm
+def test_the_shipped_model_has_the_batchnorm_statistics_of_its_own_network():
+    """ctf's channels come and go during the fine-tune, so the training loop recomputes the batch
+    norm statistics of the delivered network before it scores an epoch: what is shipped carries
+    the statistics of the shipped network (recomputing them changes nothing), not a running
+    average over the networks the fine-tune passed through."""
+    import copy
+
+    from gcnshrink import api
+    from gcnshrink.data import load_data
+    from gcnshrink.train import TrainConfig, recalibrate_batchnorm
+
+    data = load_data("synthetic:sbu?train=64&test=32")
+    config = TrainConfig(epochs=1, progress=False)
+    # no dropout: the statistics are gathered in training mode, where dropout draws at random
+    stgcn = {"base_width": 4, "dropout": 0.0}
+    dense, _ = api.train(data, "stgcn", config=config, model_config=stgcn)
+    outcome = api.prune(
+        dense, data, method="ctf", rate=0.7, epochs=3, progress=False, allow_collapse=True
+    )
+    shipped = outcome.model
+    again = copy.deepcopy(shipped)
+    assert recalibrate_batchnorm(again, data.x_train)
+    norms = [n for n, m in shipped.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for name, buffer in shipped.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            assert torch.allclose(buffer, again.get_buffer(name), rtol=1e-4, atol=1e-6), name

@@ -194,6 +194,10 @@ class PruningMethod:
     multi_rate: ClassVar[bool] = False  # trains for several rates and serves any rate in (0, 1)
     # keeps exactly the budget; False for methods that remove whole units (at least the rate)
     exact_rate: ClassVar[bool] = True
+    # the training loop recomputes the batch-norm statistics of the delivered network before it
+    # scores an epoch (train.recalibrate_batchnorm): for methods whose masks move during the
+    # fine-tune, which leaves the running averages describing networks no longer computed
+    recalibrate_batchnorm: ClassVar[bool] = False
     # option values under which a multi-rate checkpoint written before the option existed
     # extracts as it did then (its record lists only the options of its time)
     options_before: ClassVar[dict] = {}
