@@ -129,6 +129,9 @@ def method_spec(method: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(";")):
         key, _, value = item.partition("=")
+        if value in ("true", "false"):
+            options[key] = value == "true"
+            continue
         try:
             options[key] = float(value)
         except ValueError:

@@ -688,6 +688,13 @@ class CTFOptions:
         "ctf: fraction of the fine-tune after which the masks are hard and fixed (the rest "
         "fine-tunes exactly the network that is shipped).",
     )
+    batchnorm_recalibration: bool = option(
+        True,
+        "ctf: before each validation, recompute the batch-norm statistics of the delivered "
+        "network from the training split. Channels come and go during the fine-tune, and the "
+        "running averages then describe networks no longer computed (on stgcn the validation "
+        "accuracy fell near chance in most epochs without it).",
+    )
     relaxation: str = option(
         "ste",
         "ctf: the factors in the forward pass: ste (hard 0/1, sigmoid gradient) or soft "
@@ -720,9 +727,10 @@ class CoarseToFinePruning(PruningMethod):
     Options = CTFOptions
     # exactly the budget: the deliverable is the exact consistent projection
     exact_rate = True
-    # channels come and go during the fine-tune: measured on stgcn, the running statistics then
-    # put the validation accuracy near chance in most epochs (docs/methods.md, CTF, "Batch norm")
-    recalibrate_batchnorm = True
+
+    @property
+    def recalibrate_batchnorm(self) -> bool:
+        return self.options.batchnorm_recalibration
 
     def __init__(self, spec, options=None, seed: int = 0):
         super().__init__(spec, options, seed)

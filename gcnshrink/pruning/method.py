@@ -197,7 +197,7 @@ class PruningMethod:
     # the training loop recomputes the batch-norm statistics of the delivered network before it
     # scores an epoch (train.recalibrate_batchnorm): for methods whose masks move during the
     # fine-tune, which leaves the running averages describing networks no longer computed
-    recalibrate_batchnorm: ClassVar[bool] = False
+    recalibrate_batchnorm: bool = False  # a class attribute, or a property of the options
     # option values under which a multi-rate checkpoint written before the option existed
     # extracts as it did then (its record lists only the options of its time)
     options_before: ClassVar[dict] = {}
