@@ -147,7 +147,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="mrmp,srmp,mp,tcp",
-        help="mrmp (trained once) and per-rate methods, method[:score] (mp:lamp)",
+        help="mrmp (trained once) and per-rate methods, method[:score] (mp:lamp) or "
+        "method:key=value;key=value (srmp:average=5)",
     )
     parser.add_argument("--mrmp-options", default="", help="mrmp options, key=value,...")
     parser.add_argument(
@@ -253,8 +254,11 @@ def main() -> None:
                 for method in methods:
                     if finished(spec, seed, method, rate):
                         continue
-                    name, _, score = method.partition(":")
-                    options = {"score": score} if score else {}
+                    name, _, extra = method.partition(":")
+                    if "=" in extra:  # srmp:average=5;kl_weight=2
+                        options = parse_options(extra.replace(";", ","))
+                    else:
+                        options = {"score": extra} if extra else {}
                     outcome = api.prune(
                         ckpt, data, method=name, rate=rate, epochs=finetune, lr=args.lr,
                         seed=seed, progress=False, allow_collapse=True, **options,
@@ -391,7 +395,11 @@ def render(result: dict) -> str:
         lines += [
             "",
             f"Total fine-tune time for all {len(rates)} rates (seconds, mean over seeds): "
-            + ", ".join(f"{m} {t:.0f}" for m, t in zip(["mrmp", *methods], totals, strict=True))
+            + ", ".join(
+                f"{m} {t:.0f}"
+                for m, t in zip(["mrmp", *methods], totals, strict=True)
+                if t == t  # a method with no run on this dataset (NaN) is left out
+            )
             + (
                 f"; mrmp / srmp = {totals[0] / totals[1 + methods.index('srmp')]:.2f}"
                 if "srmp" in methods

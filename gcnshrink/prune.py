@@ -166,15 +166,17 @@ def prune(
         )  # fmt: skip
         best_epoch, seconds = result.best_epoch, result.seconds
         selected_masks, val_by_rate = result.masks, result.val_accuracy_by_rate
+        averaged = result.averaged_epochs
     else:
-        best_epoch, seconds, val_by_rate = 0, 0.0, {}
+        best_epoch, seconds, val_by_rate, averaged = 0, 0.0, {}, 1
         selected_masks = {r: pruner.masks_at(r) for r in spec.rates}
     working = working.cpu().eval()
     prov = provenance(seed=seed, data=data.spec, source_sha256=source_hash, source=ckpt.provenance)
     class_names = ckpt.class_names or data.class_names
     # the checkpoint records what was done, not how long it took: the same command and seed give
     # the same bytes; the time is in the summary (and a sweep's results)
-    training = {"epochs": epochs, "best_epoch": best_epoch}
+    # averaged_epochs N > 1: the weights are the mean of epochs best_epoch - N + 1 .. best_epoch
+    training = {"epochs": epochs, "best_epoch": best_epoch, "averaged_epochs": averaged}
     dense_fields = {
         "dense_accuracy": dense["accuracy"],
         "dense_mean_class_accuracy": dense["mean_class_accuracy"],

@@ -164,6 +164,9 @@ class FitResult:
     seconds: float = 0.0
     masks: dict[float, dict[str, torch.Tensor]] = field(default_factory=dict)
     val_accuracy_by_rate: dict[float, float] = field(default_factory=dict)
+    # 1: the weights of epoch best_epoch; N > 1: their average over epochs best_epoch - N + 1 to
+    # best_epoch (ValidationSelection, for a method whose averaged_epochs() is N)
+    averaged_epochs: int = 1
 
 
 # ---------------------------------------------------------------------------- callbacks
@@ -208,12 +211,20 @@ class ValidationSelection(Callback):
     mean validation accuracy over its ``selection_rates()`` (the trained rates and the untrained
     ones it serves; the per-rate record holds the trained ones). Ties go to the later epoch (same
     accuracy after more training).
+
+    A method whose ``averaged_epochs()`` is N > 1 also offers, at the end, the average of the
+    weights at the ends of the last N epochs (all of them past ``ready()``); it is kept only when
+    it scores above every single epoch. Why: mrmp's networks between its trained rates are never
+    trained on their own and swing by 10 points from one epoch to the next; the average of the
+    last epochs smooths that out (docs/methods.md, "Weight averaging").
     """
 
     def __init__(self, data: SkeletonData, method: PruningMethod | None = None):
         self.data = data
         self.method = method
         self.best: dict | None = None
+        self.window = method.averaged_epochs() if method is not None else 1
+        self.recent: list[dict[str, torch.Tensor]] = []  # the last `window` epochs' end states
 
     @property
     def rates(self) -> tuple[float, ...]:
@@ -241,10 +252,13 @@ class ValidationSelection(Callback):
         by_rate = {r: scored[r] for r in self.rates}
         return sum(scored[r] for r in selection) / len(selection), masks, by_rate
 
-    def _keep(self, loop: TrainingLoop, accuracy: float, masks: dict, by_rate: dict) -> None:
+    def _keep(
+        self, loop: TrainingLoop, accuracy: float, masks: dict, by_rate: dict, averaged: int = 1
+    ) -> None:
         self.best = {
             "val_accuracy": accuracy,
             "epoch": loop.epoch,
+            "averaged_epochs": averaged,
             "model": {k: v.detach().clone() for k, v in loop.model.state_dict().items()},
             "method": copy.deepcopy(self.method.state_dict()) if self.method else {},
             "masks": {r: {k: v.clone() for k, v in m.items()} for r, m in masks.items()},
@@ -253,7 +267,11 @@ class ValidationSelection(Callback):
 
     def on_epoch_end(self, loop: TrainingLoop, record: dict) -> None:
         if self.method is not None and not self.method.ready():
+            self.recent = []
             return
+        if self.window > 1:
+            state = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+            self.recent = [*self.recent[-(self.window - 1) :], state]
         accuracy, masks, by_rate = self._score(loop.model)
         # under torchrun every rank scores the same model; rank 0's numbers decide on all ranks
         accuracy, by_rate = distributed.from_main((accuracy, by_rate))
@@ -268,15 +286,34 @@ class ValidationSelection(Callback):
             accuracy, masks, by_rate = self._score(loop.model)
             self._keep(loop, accuracy, masks, by_rate)
             self.best["epoch"] = loop.config.epochs
+        elif self.window > 1 and len(self.recent) == self.window:
+            loop.model.load_state_dict(average_states(self.recent))
+            accuracy, masks, by_rate = self._score(loop.model)
+            accuracy, by_rate = distributed.from_main((accuracy, by_rate))
+            if accuracy > self.best["val_accuracy"]:
+                self._keep(loop, accuracy, masks, by_rate, averaged=self.window)
         loop.model.load_state_dict(self.best["model"])
         if self.method is not None:
             self.method.load_state_dict(self.best["method"])
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "recent": self.recent}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state["best"]
+        self.recent = list(state.get("recent", []))
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of several state dicts of one model: floating-point entries averaged (in float64,
+    cast back), the others (batch-norm counters) taken from the last."""
+    last = states[-1]
+    return {
+        name: torch.stack([s[name].double() for s in states]).mean(0).to(value.dtype)
+        if value.is_floating_point()
+        else value.clone()
+        for name, value in last.items()
+    }
 
 
 class ProgressDisplay(Callback):
@@ -521,6 +558,7 @@ class TrainingLoop:
             time.perf_counter() - started,
             best["masks"],
             best["val_accuracy_by_rate"],
+            best.get("averaged_epochs", 1),  # a state written before averaging existed has none
         )
 
 

@@ -233,12 +233,19 @@ class StopAfter(Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tiny_data, trained_gcn):
+@pytest.mark.parametrize(
+    ("name", "rates", "options"),
+    # mrmp averaging the last 3 of 3 epochs: the resumed run needs the states of epochs 1-2
+    [("tcp", (0.9,), {}), ("mrmp", (0.5, 0.9), {"average": 3})],
+)
+def test_interrupted_fine_tune_resumes_to_the_same_result(
+    tmp_path, tiny_data, trained_gcn, name, rates, options
+):
     state = tmp_path / "state.pt"
 
     def attached():
         model = load_checkpoint(trained_gcn[0]).build_model().train()
-        method = create_method("tcp", PruneSpec((0.9,)))
+        method = create_method(name, PruneSpec(rates), options)
         method.attach(model, model.unit_graph())
         return model, method
 
@@ -263,7 +270,9 @@ def test_interrupted_fine_tune_resumes_to_the_same_result(tmp_path, tiny_data, t
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     assert resumed.best_epoch == whole.best_epoch
     assert resumed.best_val_accuracy == whole.best_val_accuracy
-    for key, mask in whole.masks[0.9].items():
-        assert torch.equal(mask, resumed.masks[0.9][key]), key
+    assert resumed.averaged_epochs == whole.averaged_epochs
+    for rate in rates:
+        for key, mask in whole.masks[rate].items():
+            assert torch.equal(mask, resumed.masks[rate][key]), key
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key

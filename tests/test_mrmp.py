@@ -328,6 +328,16 @@ def test_more_random_students_each_get_their_own_rate():
             create_method("mrmp", PruneSpec((0.5, 0.9)), {"random_students": bad})
 
 
+def test_averaging_is_mrmps_default_and_srmps_option():
+    """--average N reaches the selection (ValidationSelection asks the method); 1 turns it off."""
+    assert attached("mrmp", (0.5, 0.9))[1].averaged_epochs() == 5
+    assert attached("srmp", (0.9,))[1].averaged_epochs() == 1
+    assert attached("srmp", (0.9,), average=3)[1].averaged_epochs() == 3
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(GcnshrinkError, match="--average must be"):
+            create_method("mrmp", PruneSpec((0.5, 0.9)), {"average": bad})
+
+
 def test_options_are_checked():
     for bad in (-1.0, float("inf"), float("nan")):
         with pytest.raises(GcnshrinkError, match="--kl-weight must be a finite number >= 0"):

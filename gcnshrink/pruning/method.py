@@ -11,7 +11,8 @@ A method lives in one file. It declares
   before every training forward pass, with progress in [0, 1]: schedules, annealing, masks that
   depend on the weights), ``param_groups(model)`` (optimizer groups, e.g. its own learning rates),
   ``ready()`` (whether the current state may be selected on validation), ``selection_rates()``
-  (the rates whose mean validation accuracy scores an epoch) and ``status()``;
+  (the rates whose mean validation accuracy scores an epoch), ``averaged_epochs()`` (N > 1: the
+  average of the last N epochs' weights is also a candidate for selection) and ``status()``;
 - the result: ``masks_at(rate)``, boolean keep-masks for any rate it can serve (``serves(rate)``):
   the one rate it trained for, or, for a multi-rate method, any rate in (0, 1);
 - ``state_dict()`` / ``load_state_dict()``: what it must keep in a checkpoint beyond the weights
@@ -319,6 +320,11 @@ class PruningMethod:
         selects the epoch kept): the trained rates; a multi-rate method may add the untrained
         rates it serves."""
         return self.spec.rates
+
+    def averaged_epochs(self) -> int:
+        """N > 1: at the end of the fine-tune, the average of the weights at the ends of the last
+        N epochs is scored on validation too, and kept if it beats every single epoch; 1: not."""
+        return 1
 
     def status(self) -> str:
         """A short, cheap description of the training state for the progress bar."""
