@@ -1,4 +1,5 @@
-"""The training loop's options: precision, and the refusals that come before any work."""
+"""The training loop: precision, the refusals that come before any work, batch-norm
+recalibration, and the selection of the weights kept (best epoch, or the last epochs averaged)."""
 
 from types import SimpleNamespace
 
