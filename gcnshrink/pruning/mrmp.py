@@ -318,6 +318,12 @@ def keep_largest(weight: torch.Tensor, count: int) -> torch.Tensor:
     return keep.view_as(weight)
 
 
+AVERAGE_HELP = (
+    "Also offer the average of the weights of the last N epochs to the validation selection, "
+    "kept if it beats every single epoch (srmp/mrmp; 1: no averaging)."
+)
+
+
 @dataclass
 class SRMPOptions:
     prior: str = option(
@@ -360,11 +366,7 @@ class SRMPOptions:
     band_temperature_end: float = option(
         0.03, "Band-stop temperature at the end of the fine-tune (annealed geometrically)."
     )
-    average: int = option(
-        1,
-        "Also offer the average of the weights of the last N epochs to the validation selection, "
-        "kept if it beats every single epoch (srmp/mrmp; 1: no averaging).",
-    )
+    average: int = option(1, AVERAGE_HELP)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
@@ -615,11 +617,7 @@ class MRMPOptions(SRMPOptions):
     # Measured against per-rate srmp over 3 seeds of hands and sbu (docs/methods.md, "Weight
     # averaging"): the mean gap over 7 rates goes from -1.6 to +0.3 pp (hands) and from -2.2 to
     # -1.7 pp (sbu); 2, 3 and 8 epochs do worse on the mean of both
-    average: int = option(
-        5,
-        "Also offer the average of the weights of the last N epochs to the validation selection, "
-        "kept if it beats every single epoch (srmp/mrmp; 1: no averaging).",
-    )
+    average: int = option(5, AVERAGE_HELP)
     sampling: str = option(
         "cycle",
         "Which rate each training step uses (mrmp): the trained rates in turn (cycle), in turn "
