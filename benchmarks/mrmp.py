@@ -186,6 +186,9 @@ def main() -> None:
     between, beyond = parse_rates(args.between), parse_rates(args.beyond)
     eval_rates = sorted({*trained, *between, *beyond})
     methods = [m for m in args.methods.split(",") if m != "mrmp"]
+    if any(m.partition(":")[0] == "mrmp" for m in methods):
+        # a per-rate method named mrmp would train a single-rate mrmp at each rate, not one run
+        parser.error("mrmp's own options go in --mrmp-options key=value,... (not mrmp:...)")
     mrmp_options = parse_options(args.mrmp_options)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
