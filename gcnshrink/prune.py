@@ -284,7 +284,7 @@ def extract(multi_rate: Checkpoint | str | Path, rate: float) -> PruneOutcome:
             f"broken multi-rate checkpoint: its method state ({type(exc).__name__}: {exc})"
         ) from None
     method.check_budget(rate)  # as prune does: 0.9999999 kept no weight and succeeded
-    pruned = bake(working, method.masks_at(rate)).eval()
+    pruned = bake(working, method.masks_at(rate), method.scales_at(rate)).eval()
     summary, masks, counts = _pruned_summary(
         pruned, method, rate, None, {"extracted_from_rates": record["rates"]}
     )

@@ -198,6 +198,7 @@ class MethodHooks(Callback):
 
     def on_step_start(self, loop: TrainingLoop, progress: float) -> None:
         self.method.on_step(progress)
+        self.method.on_labels(loop.batch_labels)
 
     def extra_loss(self, loop: TrainingLoop) -> torch.Tensor | None:
         return self.method.loss()
@@ -245,7 +246,7 @@ class ValidationSelection(Callback):
             rate_masks = self.method.masks_at(rate)
             if rate in self.rates:
                 masks[rate] = rate_masks
-            with delivering(model, rate_masks):
+            with delivering(model, rate_masks, self.method.scales_at(rate)):
                 if recalibrate and recalibrate_batchnorm(model, data.x_train):
                     distributed.broadcast_buffers(model)  # every rank keeps rank 0's
                 scored[rate] = evaluate(model, data.x_val, data.y_val, data.num_classes)["accuracy"]
@@ -405,6 +406,7 @@ class TrainingLoop:
             self.x_train, self.y_train = self.x_train.pin_memory(), self.y_train.pin_memory()
         self.epoch = 0  # epochs finished
         self.step = 0
+        self.batch_labels: torch.Tensor | None = None  # the step's labels (method hooks read them)
         self.history: list[dict] = []
 
     # ---------------------------------------------------------------- seams for distribution
@@ -502,6 +504,7 @@ class TrainingLoop:
             idx, share = self.local_share(order[i : i + config.batch_size])
             xb = self.x_train[idx].to(self.device, non_blocking=True)
             yb = self.y_train[idx].to(self.device, non_blocking=True)
+            self.batch_labels = yb
             for callback in self.callbacks:
                 callback.on_step_start(self, self.step / max(total_steps - 1, 1))
             with self.autocast():

@@ -227,6 +227,53 @@ def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     assert pruner._captured is None
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_students_fit_the_labels_with_their_weight(tiny_data, weight):
+    """--student-labels w: each distilled student's term is (1 - w) * its distillation from the
+    step's network + w * its cross-entropy with the step's labels (on_labels, which the training
+    loop calls after on_step); a loop that never passes labels gets the distillation alone."""
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+
+    def terms(labels: bool):
+        torch.manual_seed(0)
+        model, pruner = attached(
+            "mrmp", (0.5, 0.9, 0.99), tiny_gcn(num_classes=tiny_data.num_classes),
+            student_labels=weight,
+        )  # fmt: skip
+        for module in model.modules():  # the passes below recompute the students' exactly
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        pruner.on_step(0.4)
+        if labels:
+            pruner.on_labels(y)
+        teacher = torch.softmax(model(x), dim=-1).detach()
+        kl = pruner.kl()
+        total = pruner.loss()
+        kd, ce = [], []
+        with torch.no_grad():
+            for rate in pruner.student_rates():
+                pruner.controller.q = pruner.band(rate)
+                pruner.controller.bridge = pruner.bridge_band(rate)
+                student = torch.log_softmax(model(x), dim=-1)
+                kd.append(float((teacher * (torch.log(teacher) - student)).sum(-1).mean()))
+                ce.append(float(torch.nn.functional.nll_loss(student, y)))
+        return float((total - kl).detach()), kd, ce
+
+    with_labels, kd, ce = terms(True)
+    assert len(kd) == 2
+    wanted = sum((1 - weight) * d + weight * c for d, c in zip(kd, ce, strict=True))
+    assert with_labels == pytest.approx(wanted, rel=1e-4, abs=1e-5)
+    without, kd_again, _ = terms(False)
+    assert without == pytest.approx(sum(kd_again), rel=1e-4, abs=1e-5)
+    assert kd == kd_again
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan")])
+def test_bad_student_label_weight_is_refused(weight):
+    with pytest.raises(GcnshrinkError, match="--student-labels must be a number from 0 to 1"):
+        attached("mrmp", (0.5, 0.9), student_labels=weight)
+
+
 def test_sandwich_with_every_rate_labelled():
     """--labelled all: the labelled pass takes every trained rate in turn, the highest included,
     and a step at the highest distils only into the random rate (not into itself)."""
@@ -374,8 +421,9 @@ def test_mrmp_selects_its_epoch_over_the_range_it_serves(reach):
 
 
 def test_selected_epoch_is_scored_over_the_selection_rates(tiny_data):
-    """fit keeps the epoch with the best mean validation accuracy over selection_rates(); the
-    per-rate record and the selected masks are those of the trained rates."""
+    """fit keeps the epoch with the best mean validation accuracy over selection_rates() (each
+    network as extracted: the one between the trained rates bridged); the per-rate record and the
+    selected masks are those of the trained rates."""
     model = tiny_gcn(num_classes=tiny_data.num_classes)
     pruner = create_method("mrmp", PruneSpec((0.5, 0.9)), {"reach": 2.0})
     pruner.attach(model.train(), model.unit_graph())
@@ -384,7 +432,7 @@ def test_selected_epoch_is_scored_over_the_selection_rates(tiny_data):
     assert set(result.val_accuracy_by_rate) == set(result.masks) == {0.5, 0.9}
     scored = []
     for rate in pruner.selection_rates():
-        with delivering(result.model, pruner.masks_at(rate)):
+        with delivering(result.model, pruner.masks_at(rate), pruner.scales_at(rate)):
             val = evaluate(result.model, tiny_data.x_val, tiny_data.y_val, tiny_data.num_classes)
         scored.append(val["accuracy"])
         if rate in result.masks:
@@ -503,6 +551,74 @@ def test_extraction_past_the_trained_rates_is_consistent_and_old_checkpoints_kee
                 assert not same, rate
     at_extreme = topology_summary(graph, api.extract(legacy, 0.995).checkpoint.masks)
     assert at_extreme["inconsistent_connections"] > 0  # what the projection is there for
+
+
+def with_options(ckpt: Checkpoint, **changes) -> Checkpoint:
+    """The same multi-rate checkpoint with its recorded options changed (None: removed, as in a
+    checkpoint written before the option existed)."""
+    options = {k: v for k, v in {**ckpt.pruning["options"], **changes}.items() if v is not None}
+    return Checkpoint.from_model(
+        ckpt.build_model(), ckpt.class_names, ckpt.provenance,
+        pruning={**ckpt.pruning, "options": options}, method_state=ckpt.method_state,
+    )  # fmt: skip
+
+
+def test_bridged_extraction_scales_what_the_next_trained_rate_removes(multi_rate, tiny_data):
+    """--bridge scaled (the default): between two trained rates the extraction keeps the same
+    weights as without it (the rate exactly), those of the next higher trained rate's network as
+    they are and the others times alpha, log-linear in kept fraction (0 at the higher rate, 1 at
+    the lower); at the trained rates and past them nothing changes. A checkpoint written before
+    --bridge existed (its options lack it) extracts with every kept weight whole, as it did."""
+    ckpt = multi_rate.checkpoint
+    assert ckpt.pruning["options"]["bridge"] == "scaled"
+    plain, legacy = with_options(ckpt, bridge="none"), with_options(ckpt, bridge=None)
+    high = api.extract(ckpt, 0.9).checkpoint
+    for rate in (0.5, 0.6, 0.77, 0.88, 0.9, 0.97):
+        bridged, whole = api.extract(ckpt, rate), api.extract(plain, rate)
+        old = api.extract(legacy, rate).checkpoint
+        assert bridged.summary["realized_rate"] == whole.summary["realized_rate"]
+        assert bridged.summary["realized_rate"] == pytest.approx(rate, abs=1e-4)
+        alpha = math.log((1 - rate) / 0.1) / math.log(0.5 / 0.1) if 0.5 < rate < 0.9 else 1.0
+        scaled = 0
+        for name, mask in whole.checkpoint.masks.items():
+            assert torch.equal(bridged.checkpoint.masks[name], mask)
+            assert torch.equal(old.state_dict[name], whole.checkpoint.state_dict[name])
+            got, full = bridged.checkpoint.state_dict[name], whole.checkpoint.state_dict[name]
+            extra = mask & ~high.masks[name]
+            assert torch.equal(got[~extra], full[~extra])
+            assert torch.allclose(got[extra], alpha * full[extra], rtol=1e-6, atol=0)
+            scaled += int(extra.sum()) if alpha < 1 else 0
+        assert (scaled > 0) == (0.5 < rate < 0.9), rate
+
+
+@pytest.mark.parametrize("students", [False, True])
+def test_bridged_network_is_the_one_scored_between_the_rates(multi_rate, tiny_data, students):
+    """Between two trained rates, what validation scores during the fine-tune (``delivering``
+    with the method's scales) is the extracted network; what a training pass at that rate computes
+    is that network with --bridge-students, the unscaled one without."""
+    ckpt = multi_rate.checkpoint
+    model = ckpt.build_model().train()
+    options = {k: v for k, v in ckpt.pruning["options"].items() if k != "method"}
+    options["bridge_students"] = students
+    pruner = create_method("mrmp", PruneSpec((0.5, 0.9)), options, seed=0)
+    pruner.attach(model, model.unit_graph())
+    pruner.load_state_dict(ckpt.method_state)
+    plain = with_options(ckpt, bridge="none")
+    x = tiny_data.x_val
+    for rate in (0.62, 0.776, 0.85):
+        with torch.no_grad():
+            expected = api.extract(ckpt, rate).model.eval()(x)
+            unscaled = api.extract(plain, rate).model.eval()(x)
+            with delivering(model, pruner.masks_at(rate), pruner.scales_at(rate)):
+                scored = model.eval()(x)
+            pruner.controller.q = pruner.band(rate)
+            pruner.controller.bridge = pruner.bridge_band(rate)
+            trained = model.eval()(x)
+        assert pruner.bridge_at(rate)[0] == 0.9 and 0 < pruner.bridge_at(rate)[1] < 1
+        assert torch.equal(scored, expected), rate
+        assert not torch.allclose(expected, unscaled), rate
+        wanted = expected if students else unscaled
+        assert torch.allclose(trained, wanted, rtol=1e-5, atol=1e-6), rate
 
 
 def test_srmp_prunes_to_the_exact_rate(trained_gcn, tiny_data):

@@ -102,6 +102,9 @@ class _AveragingStub:
     def masks_at(self, rate: float) -> dict:
         return {}
 
+    def scales_at(self, rate: float) -> None:
+        return None
+
     def state_dict(self) -> dict:
         return {}
 

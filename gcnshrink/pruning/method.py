@@ -9,12 +9,15 @@ A method lives in one file. It declares
   registers a :class:`MaskParametrization` (``torch.nn.utils.parametrize``) on each of them;
 - the training hooks: ``loss()`` (a term added to the task loss), ``on_step(progress)`` (called
   before every training forward pass, with progress in [0, 1]: schedules, annealing, masks that
-  depend on the weights), ``param_groups(model)`` (optimizer groups, e.g. its own learning rates),
+  depend on the weights), ``on_labels(y)`` (the step's labels, after ``on_step``, for a loss term
+  that needs them; a loop that never calls it gets the term without them), ``param_groups(model)`` (optimizer groups, e.g. its own learning rates),
   ``ready()`` (whether the current state may be selected on validation), ``selection_rates()``
   (the rates whose mean validation accuracy scores an epoch), ``averaged_epochs()`` (N > 1: the
   average of the last N epochs' weights is also a candidate for selection) and ``status()``;
 - the result: ``masks_at(rate)``, boolean keep-masks for any rate it can serve (``serves(rate)``):
-  the one rate it trained for, or, for a multi-rate method, any rate in (0, 1);
+  the one rate it trained for, or, for a multi-rate method, any rate in (0, 1); and
+  ``scales_at(rate)``, None (every kept weight as trained) or per-tensor multipliers of the kept
+  weights (mrmp between two trained rates, ``--bridge``);
 - ``state_dict()`` / ``load_state_dict()``: what it must keep in a checkpoint beyond the weights
   (a multi-rate method's prior, say) so that ``masks_at`` works again after loading.
 
@@ -99,6 +102,7 @@ class MaskParametrization(nn.Module):
     """W -> W ⊙ M, with M from the method (``mask(weight)``).
 
     While ``delivered`` is set (see :func:`delivering`), the parametrization applies that hard mask
+    (and ``delivered_scale``, the method's multipliers of the kept weights, when it has any)
     instead, so the training loop can evaluate exactly what :func:`bake` would ship without copying
     the model. ``torch.where``, not a product, so a pruned weight is +0.0, never -0.0.
     """
@@ -106,14 +110,21 @@ class MaskParametrization(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.delivered: torch.Tensor | None = None
+        self.delivered_scale: torch.Tensor | None = None
 
     def mask(self, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.delivered is not None:
-            return torch.where(self.delivered, weight, torch.zeros_like(weight))
+            return _kept(weight, self.delivered, self.delivered_scale)
         return weight * self.mask(weight)
+
+
+def _kept(weight: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The weights under a boolean keep-mask, each kept one times its scale (if any)."""
+    kept = weight if scale is None else weight * scale.to(weight.dtype)
+    return torch.where(keep, kept, torch.zeros_like(weight))
 
 
 class HardMask(MaskParametrization):
@@ -130,12 +141,13 @@ class HardMask(MaskParametrization):
 class _Baked(nn.Module):
     """The final mask, only ever applied once by :func:`bake` and removed at once."""
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, scale: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("keep", mask.bool())
+        self.scale = scale
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.keep, weight, torch.zeros_like(weight))
+        return _kept(weight, self.keep, self.scale)
 
 
 def _parametrized_names(model: nn.Module) -> list[str]:
@@ -156,35 +168,49 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
-def bake(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+def bake(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    scales: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
     """Make the pruning permanent, in place: every tensor in ``masks`` becomes its latent weight
-    through the boolean keep-mask; every parametrization is gone. Returns the model."""
+    through the boolean keep-mask (each kept weight times its entry of ``scales``, when the method
+    gives any: ``scales_at``); every parametrization is gone. Returns the model."""
     remove_masks(model)
     for name, mask in masks.items():
         module, attr = split_attr(model, name)
         weight = getattr(module, attr)
-        parametrize.register_parametrization(module, attr, _Baked(mask.to(weight.device)))
+        scale = (scales or {}).get(name)
+        baked = _Baked(mask.to(weight.device), None if scale is None else scale.to(weight.device))
+        parametrize.register_parametrization(module, attr, baked)
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 
 
 @contextlib.contextmanager
-def delivering(model: nn.Module, masks: dict[str, torch.Tensor]):
-    """Within the block, the model computes with these hard masks (what :func:`bake` would ship)."""
+def delivering(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    scales: dict[str, torch.Tensor] | None = None,
+):
+    """Within the block, the model computes with these hard masks and scales (what :func:`bake`
+    would ship)."""
     applied = []
     try:
         for name, mask in masks.items():
             module, attr = split_attr(model, name)
+            device = latent_weight(model, name).device
+            scale = (scales or {}).get(name)
             for p in module.parametrizations[attr]:
                 if isinstance(p, MaskParametrization):
-                    p.delivered = mask.to(
-                        device=latent_weight(model, name).device, dtype=torch.bool
-                    )
+                    p.delivered = mask.to(device=device, dtype=torch.bool)
+                    p.delivered_scale = None if scale is None else scale.to(device)
                     applied.append(p)
         yield model
     finally:
         for p in applied:
             p.delivered = None
+            p.delivered_scale = None
 
 
 class PruningMethod:
@@ -308,6 +334,9 @@ class PruningMethod:
     def on_step(self, progress: float) -> None:
         pass
 
+    def on_labels(self, labels: torch.Tensor) -> None:
+        pass
+
     def param_groups(self, model: nn.Module) -> list[dict]:
         return [{"params": list(model.parameters())}]
 
@@ -343,6 +372,11 @@ class PruningMethod:
 
     def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def scales_at(self, rate: float) -> dict[str, torch.Tensor] | None:
+        """Multipliers of the kept weights at ``rate`` (float tensors shaped like the masks, for
+        some tensors), or None: every kept weight as trained (every method but mrmp's --bridge)."""
+        return None
 
     def state_dict(self) -> dict:
         return {}
