@@ -10,10 +10,11 @@ A method lives in one file. It declares
 - the training hooks: ``loss()`` (a term added to the task loss), ``on_step(progress)`` (called
   before every training forward pass, with progress in [0, 1]: schedules, annealing, masks that
   depend on the weights), ``on_labels(y)`` (the step's labels, after ``on_step``, for a loss term
-  that needs them; a loop that never calls it gets the term without them), ``param_groups(model)`` (optimizer groups, e.g. its own learning rates),
-  ``ready()`` (whether the current state may be selected on validation), ``selection_rates()``
-  (the rates whose mean validation accuracy scores an epoch), ``averaged_epochs()`` (N > 1: the
-  average of the last N epochs' weights is also a candidate for selection) and ``status()``;
+  that needs them; a loop that never calls it gets the term without them),
+  ``param_groups(model)`` (optimizer groups, e.g. its own learning rates), ``ready()`` (whether
+  the current state may be selected on validation), ``selection_rates()`` (the rates whose mean
+  validation accuracy scores an epoch), ``averaged_epochs()`` (N > 1: the average of the last N
+  epochs' weights is also a candidate for selection) and ``status()``;
 - the result: ``masks_at(rate)``, boolean keep-masks for any rate it can serve (``serves(rate)``):
   the one rate it trained for, or, for a multi-rate method, any rate in (0, 1); and
   ``scales_at(rate)``, None (every kept weight as trained) or per-tensor multipliers of the kept
