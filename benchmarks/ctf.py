@@ -139,6 +139,14 @@ def method_spec(method: str) -> tuple[str, dict]:
     return name, options
 
 
+def run_stem(arch: str, seed: int, method: str, rate: float) -> str:
+    """The stem of a run's checkpoint and ONNX file in --work: ``stgcn-s0-dense``,
+    ``stgcn-s0-ctf-0.9`` (``:`` and ``;`` of a method's options become ``_``)."""
+    if method == "dense":
+        return f"{arch}-s{seed}-dense"
+    return f"{arch}-s{seed}-{method.replace(':', '_').replace(';', '_')}-{rate:g}"
+
+
 def import_work(work: Path, folders: list[str], records: list[dict]) -> list[dict]:
     """Add the pruned results of other ``--work`` folders (runs of single methods or rates side by
     side, from the same dense checkpoint) to this one: their records and their files."""
@@ -148,9 +156,9 @@ def import_work(work: Path, folders: list[str], records: list[dict]) -> list[dic
             key = (r["arch"], r["seed"], r["method"], r["rate"])
             if r["method"] == "dense" or key in done:
                 continue
-            tag = f"{r['arch']}-s{r['seed']}-{r['method'].replace(':', '_').replace(';', '_')}"
+            stem = run_stem(r["arch"], r["seed"], r["method"], r["rate"])
             for suffix in (".onnx", ".pt"):
-                source = folder / f"{tag}-{r['rate']:g}{suffix}"
+                source = folder / f"{stem}{suffix}"
                 if source.exists():
                     shutil.copyfile(source, work / source.name)
             records.append(r)
@@ -175,14 +183,14 @@ def run(args) -> dict:
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = load_data(case["data"], seed=seed)
             calibration = data.x_val[: args.calibration]
-            dense_path = work / f"{arch}-s{seed}-dense.pt"
+            dense_path = work / f"{run_stem(arch, seed, 'dense', 0.0)}.pt"
             if dense_path.exists():
                 ckpt = load_checkpoint(dense_path)
             else:
                 config = TrainConfig(epochs=case["epochs"], seed=seed, progress=False)
                 ckpt, _ = api.train(data, arch, config=config, model_config=case["config"])
                 save_checkpoint(ckpt, dense_path)
-            onnx_paths = {"dense": work / f"{arch}-s{seed}-dense.onnx"}
+            onnx_paths = {"dense": dense_path.with_suffix(".onnx")}
             if (arch, seed, "dense", 0.0) not in done:
                 model = ckpt.build_model().eval()
                 export_onnx(model, calibration[:2], onnx_paths["dense"], force=True)
@@ -202,7 +210,7 @@ def run(args) -> dict:
                 partial.write_text(json.dumps(records, indent=1))
             for rate in rates:
                 for method in methods:
-                    tag = f"{arch}-s{seed}-{method.replace(':', '_').replace(';', '_')}-{rate:g}"
+                    tag = run_stem(arch, seed, method, rate)
                     if (arch, seed, method, rate) in done:
                         onnx_paths[(method, rate)] = work / f"{tag}.onnx"
                         continue
@@ -459,8 +467,8 @@ def align_compare(args) -> dict:
     for r in records:
         if r["method"] == "dense":
             continue
-        tag = f"{r['arch']}-s{r['seed']}-{r['method'].replace(':', '_').replace(';', '_')}"
-        pruned = work / f"{tag}-{r['rate']:g}.pt"
+        tag = run_stem(r["arch"], r["seed"], r["method"], r["rate"])
+        pruned = work / f"{tag}.pt"
         if not pruned.exists():
             continue
         if r["arch"] not in by_arch:
@@ -470,7 +478,7 @@ def align_compare(args) -> dict:
         key = f"{r['arch']} {r['method']}@{r['rate']:g}"
         for align in (1, n):
             result = compact_model(model, data.x_val[: args.calibration], align=align)
-            path = work / f"{tag}-{r['rate']:g}-align{align}.onnx"
+            path = work / f"{tag}-align{align}.onnx"
             export_onnx(result.model, data.x_val[:2], path, force=True)
             paths[(key, align)] = path
             facts[(key, align)] = {

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from common import machine  # benchmarks/common.py
+from ctf import run_stem  # benchmarks/ctf.py: its file names
 
 from gcnshrink.checkpoint import load_checkpoint
 from gcnshrink.data import load_data
@@ -36,10 +37,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def checkpoint_path(folder: Path, record: dict) -> Path:
-    """Where ctf.py keeps a record's checkpoint (its naming)."""
-    method = record["method"].replace(":", "_").replace(";", "_")
-    stem = f"{record['arch']}-s{record['seed']}-{method}"
-    return folder / (f"{stem}.pt" if method == "dense" else f"{stem}-{record['rate']:g}.pt")
+    """Where ctf.py keeps a record's checkpoint."""
+    return (
+        folder / f"{run_stem(record['arch'], record['seed'], record['method'], record['rate'])}.pt"
+    )
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

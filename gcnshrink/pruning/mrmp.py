@@ -262,7 +262,7 @@ class BandController:
         # the band at q still gives the gradient
         self.fixed: dict[str, torch.Tensor] | None = None
         # --bridge-students between two trained rates: the weights under the higher rate's
-        # half-width (standardized, per tensor) enter times alpha
+        # half-width (standardized, per tensor) enter times alpha (BandStop.mask)
         self.bridge: tuple[dict[str, float], float] | None = None
 
 
@@ -281,21 +281,17 @@ class BandStop(MaskParametrization):
         width = max(c.temperature * a, 1e-12)
         soft = torch.sigmoid((weight - a) / width) + torch.sigmoid(-(weight + a) / width)
         if c.fixed is not None:
-            hard = c.fixed[self.name].to(weight.dtype)
+            mask = c.fixed[self.name].to(weight.dtype) + (soft - soft.detach())
         elif c.mode == "soft":
-            return soft * self.bridge_factor(weight)
+            mask = soft
         else:
-            hard = (weight.abs() > a).to(weight.dtype)
-        return (hard + (soft - soft.detach())) * self.bridge_factor(weight)
-
-    def bridge_factor(self, weight: torch.Tensor) -> torch.Tensor | float:
-        """1, or under --bridge-students: alpha for the weights the next trained rate removes."""
-        c = self.controller
+            mask = (weight.abs() > a).to(weight.dtype) + (soft - soft.detach())
         if c.bridge is None:
-            return 1.0
+            return mask
+        # --bridge-students: alpha for the weights the next higher trained rate removes
         q_high, alpha = c.bridge
         above = weight.detach().abs() > c.scales[self.name] * q_high[self.name]
-        return torch.where(above, 1.0, alpha).to(weight.dtype)
+        return mask * torch.where(above, 1.0, alpha).to(weight.dtype)
 
 
 # ---------------------------------------------------------------------------- the methods
