@@ -109,6 +109,19 @@ def merge(paths: list[str], out: Path, note: str = "") -> None:
     first file's arguments head it, the methods are those the records hold."""
     loaded = [json.loads(Path(p).read_text()) for p in paths]
     args = dict(next(d["args"] for d in loaded if "args" in d))
+    # runs compare only on the same dense models: one trained on another machine (another CPU's
+    # kernels) differs in its last bits and its fine-tunes are not paired with these
+    dense: dict[tuple, set] = {}
+    for d in loaded:
+        for r in d["records"]:
+            if r["method"] == "dense":
+                dense.setdefault((r["data"], r["seed"]), set()).add(r["accuracy"])
+    for (data, seed), accuracies in dense.items():
+        if len(accuracies) > 1:
+            raise SystemExit(
+                f"{data} seed {seed}: the runs start from different dense models (test accuracy "
+                f"{', '.join(f'{a:.4f}' for a in sorted(accuracies))}); rerun them on one machine"
+            )
     records, seen = [], set()
     for d in loaded:
         run = d.get("args", {})

@@ -100,3 +100,31 @@ def test_jobs_merge_the_units_back_in_order(smoke_jobs_2, tmp_path):
     assert deploy == result["settings"]["deploy_methods"]
     for row in result["deploy"]:
         assert all(row[f"latency_ms_b{b}"] > 0 for b in result["settings"]["latency_batches"])
+
+
+def test_mrmp_merge_refuses_runs_from_different_dense_models(tmp_path):
+    """benchmarks/mrmp.py --merge pairs records seed by seed: runs whose dense models differ (made
+    on another machine) are refused in one line, and nothing is written."""
+
+    def run(name: str, method: str, dense: float) -> str:
+        records = [
+            {"data": "synthetic:sbu", "seed": 0, "method": "dense", "rate": 0.0, "accuracy": dense},
+            {"data": "synthetic:sbu", "seed": 0, "method": method, "rate": 0.9, "accuracy": 0.9},
+        ]
+        args = {"finetune": 20, "mrmp_finetune": None, "methods": method}
+        path = tmp_path / name
+        path.write_text(json.dumps({"args": args, "records": records}))
+        return str(path)
+
+    merged = tmp_path / "merged"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mrmp.py"), "--merge",
+         run("a.json", "mrmp", 0.925), run("b.json", "srmp", 0.93125), "--out", str(merged)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "synthetic:sbu seed 0: the runs start from different dense models (test accuracy "
+        "0.9250, 0.9313); rerun them on one machine"
+    ]
+    assert not list(tmp_path.glob("merged*"))

@@ -205,6 +205,24 @@ def test_rate_sampling_is_deterministic_and_in_range(sampling):
         assert len(set(seen[0])) == 30
 
 
+@pytest.mark.parametrize("sampling", ["cycle", "weighted"])
+def test_sandwich_labelled_pass_takes_the_lower_rates_in_turn(sampling):
+    """--distill sandwich: the labelled pass goes through the trained rates but the highest, in
+    turn (cycle) or in turn with frequencies ∝ −ln(1 − r) (weighted: 0.69, 2.30, 3.00)."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.95, 0.99), sampling=sampling)
+    drawn = []
+    for step in range(300):
+        pruner.on_step(step / 299)
+        drawn.append(pruner.current_rate)
+    counts = [drawn.count(r) for r in (0.5, 0.9, 0.95)]
+    assert sum(counts) == 300
+    if sampling == "cycle":
+        assert drawn[:6] == [0.5, 0.9, 0.95, 0.5, 0.9, 0.95]
+    else:
+        expected = [300 * w / 5.991 for w in (0.693, 2.303, 2.996)]
+        assert all(abs(c - e) <= 1 for c, e in zip(counts, expected, strict=True))
+
+
 def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     """distill=sandwich (mrmp's default): each step trains the lower trained rates in turn with
     labels and distils its logits into the highest rate and one rate between."""
@@ -227,18 +245,19 @@ def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     assert pruner._captured is None
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
-def test_students_fit_the_labels_with_their_weight(tiny_data, weight):
+@pytest.mark.parametrize(("weight", "edge"), [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.5, 0.25)])
+def test_students_fit_the_labels_with_their_weight(tiny_data, weight, edge):
     """--student-labels w: each distilled student's term is (1 - w) * its distillation from the
     step's network + w * its cross-entropy with the step's labels (on_labels, which the training
-    loop calls after on_step); a loop that never passes labels gets the distillation alone."""
+    loop calls after on_step); a loop that never passes labels gets the distillation alone.
+    --reach-student e: the student at the end of the --reach range enters times e."""
     x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
 
     def terms(labels: bool):
         torch.manual_seed(0)
         model, pruner = attached(
             "mrmp", (0.5, 0.9, 0.99), tiny_gcn(num_classes=tiny_data.num_classes),
-            student_labels=weight,
+            student_labels=weight, reach_student=edge,
         )  # fmt: skip
         for module in model.modules():  # the passes below recompute the students' exactly
             if isinstance(module, torch.nn.Dropout):
@@ -259,12 +278,14 @@ def test_students_fit_the_labels_with_their_weight(tiny_data, weight):
                 ce.append(float(torch.nn.functional.nll_loss(student, y)))
         return float((total - kl).detach()), kd, ce
 
+    scale = [1.0, edge, 1.0] if edge else [1.0, 1.0]  # the highest, the reach end, the random
     with_labels, kd, ce = terms(True)
-    assert len(kd) == 2
-    wanted = sum((1 - weight) * d + weight * c for d, c in zip(kd, ce, strict=True))
+    assert len(kd) == len(scale)
+    wanted = sum(s * ((1 - weight) * d + weight * c) for s, d, c in zip(scale, kd, ce, strict=True))
     assert with_labels == pytest.approx(wanted, rel=1e-4, abs=1e-5)
     without, kd_again, _ = terms(False)
-    assert without == pytest.approx(sum(kd_again), rel=1e-4, abs=1e-5)
+    distilled = sum(s * d for s, d in zip(scale, kd_again, strict=True))
+    assert without == pytest.approx(distilled, rel=1e-4, abs=1e-5)
     assert kd == kd_again
 
 
@@ -276,16 +297,19 @@ def test_bad_student_label_weight_is_refused(weight):
 
 def test_sandwich_with_every_rate_labelled():
     """--labelled all: the labelled pass takes every trained rate in turn, the highest included,
-    and a step at the highest distils only into the random rate (not into itself)."""
+    and a step at the highest distils only into the reach end and the random rate (not into
+    itself)."""
     _, pruner = attached("mrmp", (0.5, 0.9, 0.99), labelled="all")
     for step in range(6):
         pruner.on_step(step / 5)
         assert pruner.current_rate == (0.5, 0.9, 0.99)[step % 3]
         students = pruner.student_rates()
         if pruner.current_rate == 0.99:
-            assert len(students) == 1 and 0.5 <= students[0] <= 0.995
+            assert len(students) == 2 and students[0] == pytest.approx(0.995)
+            assert 0.5 <= students[1] <= 0.995
+            assert pruner.student_weights()[0] == (students[0], 1.0)
         else:
-            assert students[0] == 0.99 and len(students) == 2
+            assert students[0] == 0.99 and len(students) == 3
 
 
 def test_sandwich_random_student_between_the_two_highest_rates():
@@ -294,7 +318,7 @@ def test_sandwich_random_student_between_the_two_highest_rates():
     drawn = []
     for step in range(40):
         pruner.on_step(step / 39)
-        drawn.append(pruner.student_rates()[1])
+        drawn.append(pruner.student_rates()[-1])
     assert all(0.9 <= r <= 0.99 for r in drawn)
     assert len(set(drawn)) == 40  # a new rate every step
 
@@ -308,7 +332,7 @@ def test_sandwich_random_student_reaches_past_the_highest_rate(reach):
     drawn = []
     for step in range(200):
         pruner.on_step(step / 199)
-        drawn.append(pruner.student_rates()[1])
+        drawn.append(pruner.student_rates()[-1])
     assert all(0.9 <= r <= top + 1e-12 for r in drawn)
     assert max(drawn) > 1.0 - 0.0105 / reach  # the whole range is drawn
     beyond = sum(r > 0.99 for r in drawn) / len(drawn)
@@ -363,13 +387,20 @@ def test_bad_reach_is_refused(reach):
         create_method("mrmp", PruneSpec((0.5, 0.9)), {"reach": reach})
 
 
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf")])
+def test_bad_reach_student_weight_is_refused(weight):
+    with pytest.raises(GcnshrinkError, match="--reach-student must be a finite number >= 0"):
+        create_method("mrmp", PruneSpec((0.5, 0.9)), {"reach_student": weight})
+
+
 def test_more_random_students_each_get_their_own_rate():
     """--random-students 3: three random students a step, each at its own rate in the range."""
     _, pruner = attached("mrmp", (0.5, 0.9, 0.99), random_students=3)
     pruner.on_step(0.0)
     students = pruner.student_rates()
-    assert students[0] == 0.99 and len(students) == 4 and len(set(students[1:])) == 3
-    assert all(0.9 <= r <= 0.995 for r in students[1:])
+    assert students[:2] == [0.99, pytest.approx(0.995)]  # the highest, the reach end
+    assert len(students) == 5 and len(set(students[2:])) == 3
+    assert all(0.9 <= r <= 0.995 for r in students[2:])
     for bad in (0, 1.5, True):
         with pytest.raises(GcnshrinkError, match="--random-students must be"):
             create_method("mrmp", PruneSpec((0.5, 0.9)), {"random_students": bad})
@@ -791,3 +822,22 @@ def test_sweep_trains_mrmp_once_per_seed_and_draws_it_as_a_curve(
     curve = _points_by_method(result_set, "params")["mrmp"]
     assert len(curve) == len(rates)  # one point per rate (mean over seeds), drawn as one line
     assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("reach", "weight"), [(1.0, 1.0), (2.0, 1.0), (2.0, 0.5), (2.0, 0.0)])
+def test_reach_student_trains_the_end_of_the_reach_range_every_step(reach, weight):
+    """--reach-student w (mrmp's default 1): every sandwich step also distils into the network at
+    the end of the --reach range (0.995 for 0.99 at R = 2), its term times w; with --reach 1 that
+    is the highest rate, already a student, and with w = 0 nothing is added."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), reach=reach, reach_student=weight)
+    for step in range(6):
+        pruner.on_step(step / 5)
+        students = pruner.student_rates()
+        assert students[0] == 0.99
+        if reach > 1 and weight > 0:
+            assert len(students) == 3 and students[1] == pytest.approx(0.995)
+            assert [w for _, w in pruner.student_weights()] == [1.0, weight, 1.0]
+        else:
+            assert len(students) == 2 and students[1] != 0.99
+            assert [w for _, w in pruner.student_weights()] == [1.0, 1.0]
+    assert create_method("mrmp", PruneSpec((0.5, 0.9))).options.reach_student == 1.0

@@ -38,7 +38,9 @@ What is implemented; docs/methods.md ("SRMP and MRMP") has the measurements behi
   the two highest trained rates (``--between top``, default; ``all``: between the lowest and the
   highest; measured in ``benchmarks/mrmp_gap.py``: the untrained rates that fall behind are the
   high ones, between the two highest trained rates and beyond); ``--reach 2`` (default) extends
-  that range past the highest trained rate, to the rate keeping half its weights. The epoch kept
+  that range past the highest trained rate, to the rate keeping half its weights, and
+  ``--reach-student 1`` (default) distils into the network at that end too, every step (a third
+  student; its weight in the loss, 0: none). The epoch kept
   is the best on validation over the range served (``selection_rates``: the trained rates, their
   log-midpoints, the reach end); with ``--average N`` (mrmp default 5, srmp 1) the average of the
   last N epochs' weights is a candidate too, kept when it scores above every single epoch.
@@ -634,7 +636,8 @@ class MRMPOptions(SRMPOptions):
         "cycle",
         "Which rate each training step uses (mrmp): the trained rates in turn (cycle), in turn "
         "with frequencies ∝ −ln(1 − r) (weighted), one of them at random (random), or any rate "
-        "between the lowest and highest (interval).",
+        "between the lowest and highest (interval). Under --distill sandwich the labelled pass "
+        "takes its rates in turn (cycle, random and interval) or weighted.",
         choices=("cycle", "weighted", "random", "interval"),
     )
     distill: str = option(
@@ -662,6 +665,16 @@ class MRMPOptions(SRMPOptions):
         "How far past the highest trained rate --distill sandwich draws its random students "
         "(mrmp): up to the rate that keeps 1/reach of the highest rate's weights (2: 0.99 -> "
         "0.995; 1: no further than the highest).",
+    )
+    # the random student reaches the end of the --reach range in a few steps only, and sbu's
+    # 0.995 (past the highest trained rate) stayed 6 pp behind per-rate srmp. Measured over 3
+    # seeds on one machine (docs/methods.md, "A student at the reach end"): sbu 0.995 from -6.0
+    # to -1.0 pp, the mean over the 14 (dataset, rate) cells from -0.4 to +0.2 pp; it costs
+    # hands' 0.97 / 0.985 0.9 / 0.6 pp (to -3.6 / -2.4)
+    reach_student: float = option(
+        1.0,
+        "Weight of one more distilled student each step of --distill sandwich, at the end of the "
+        "--reach range (mrmp; 0: none): one more forward/backward pass per step.",
     )
     random_students: int = option(
         1,
@@ -708,9 +721,9 @@ class MRMPOptions(SRMPOptions):
     )
     projected_students: bool = option(
         False,
-        "Train the random students past the highest trained rate with the masks extracted there "
-        "(mrmp, --beyond consistent): their consistent projection instead of the magnitude "
-        "band-stop, so what is trained there is what is extracted.",
+        "Train the students past the highest trained rate (random, --reach-student) with the masks "
+        "extracted there (mrmp, --beyond consistent): their consistent projection instead of the "
+        "magnitude band-stop, so what is trained there is what is extracted.",
     )
 
     def __post_init__(self) -> None:
@@ -721,6 +734,10 @@ class MRMPOptions(SRMPOptions):
             )
         if not (self.reach >= 1.0 and math.isfinite(self.reach)):
             raise GcnshrinkError(f"--reach must be a finite number >= 1, got {self.reach}")
+        if not (self.reach_student >= 0.0 and math.isfinite(self.reach_student)):
+            raise GcnshrinkError(
+                f"--reach-student must be a finite number >= 0, got {self.reach_student}"
+            )
         if not 0.0 <= self.student_labels <= 1.0:
             raise GcnshrinkError(
                 f"--student-labels must be a number from 0 to 1, got {self.student_labels}"
@@ -782,6 +799,8 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         mode = self.options.sampling
         if self.options.distill == "sandwich" and len(rates) > 1:
             labelled = rates if self.options.labelled == "all" else rates[:-1]
+            if mode == "weighted":
+                return weighted_turn(labelled, self.steps)
             return labelled[self.steps % len(labelled)]  # in turn, with labels
         if mode == "cycle":
             return rates[self.steps % len(rates)]
@@ -809,18 +828,25 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         return tuple(sorted({*rates, *middles, *([end] if reached else [])}))
 
     def student_rates(self) -> list[float]:
+        return [rate for rate, _ in self.student_weights()]
+
+    def student_weights(self) -> list[tuple[float, float]]:
+        """This step's distilled students: (rate, weight of its loss term)."""
         rates = sorted(self.spec.rates)
         if len(rates) == 1:  # trained for one rate: nothing sparser to distil into
             return []
+        highest = [(rates[-1], 1.0)] if self.current_rate < rates[-1] else []
         if self.options.distill == "highest":
-            return [rates[-1]] if self.current_rate < rates[-1] else []
-        if self.options.distill == "sandwich":
-            low = rates[-2] if self.options.between == "top" else rates[0]
-            high = self.reach_end()
-            highest = [rates[-1]] if self.current_rate < rates[-1] else []
-            drawn = self.uniform(1, self.options.random_students)
-            return [*highest, *(log_uniform_rate(low, high, u) for u in drawn)]
-        return []
+            return highest
+        if self.options.distill != "sandwich":
+            return []
+        low = rates[-2] if self.options.between == "top" else rates[0]
+        high = self.reach_end()
+        students = list(highest)
+        if self.options.reach_student > 0 and high > rates[-1]:
+            students.append((high, self.options.reach_student))
+        drawn = self.uniform(1, self.options.random_students)
+        return [*students, *((log_uniform_rate(low, high, u), 1.0) for u in drawn)]
 
     def compute_masks(self, rate: float) -> dict[str, torch.Tensor]:
         """At a rate up to the highest trained one, the magnitude masks the training used. Past
@@ -893,7 +919,7 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         target = torch.softmax(teacher, dim=-1)
         step_band, step_bridge = self.controller.q, self.controller.bridge
         try:
-            for rate in self.student_rates():
+            for rate, weight in self.student_weights():
                 self.controller.q = self.band(rate)
                 self.controller.bridge = self.bridge_band(rate)
                 if self.options.projected_students and self.projects_at(rate):
@@ -906,6 +932,7 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
                 w = self.options.student_labels
                 if w > 0 and self._labels is not None:
                     kd = (1.0 - w) * kd + w * torch.nn.functional.nll_loss(student, self._labels)
+                kd = kd if weight == 1.0 else weight * kd
                 total = kd if total is None else total + kd
         finally:
             self.controller.q, self.controller.bridge = step_band, step_bridge
