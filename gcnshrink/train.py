@@ -213,6 +213,8 @@ class ValidationSelection(Callback):
     ones it serves; the per-rate record holds the trained ones). Ties go to the later epoch (same
     accuracy after more training).
 
+    Epochs before ``selection_start()`` (a fraction of the fine-tune) are not scored.
+
     A method whose ``averaged_epochs()`` is N > 1 also offers, at the end, the average of the
     weights at the ends of the last N epochs (all of them past ``ready()``); it is kept only when
     it scores above every single epoch. Why: mrmp's networks between its trained rates are never
@@ -273,6 +275,9 @@ class ValidationSelection(Callback):
         if self.window > 1:
             state = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
             self.recent = [*self.recent[-(self.window - 1) :], state]
+        start = self.method.selection_start() if self.method is not None else 0.0
+        if start > 0 and loop.epoch < start * loop.config.epochs:
+            return  # too early to be kept: not worth scoring (mrmp scores a grid of rates)
         accuracy, masks, by_rate = self._score(loop.model)
         # under torchrun every rank scores the same model; rank 0's numbers decide on all ranks
         accuracy, by_rate = distributed.from_main((accuracy, by_rate))

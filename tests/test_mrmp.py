@@ -225,14 +225,17 @@ def test_sandwich_labelled_pass_takes_the_lower_rates_in_turn(sampling):
 
 def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     """distill=sandwich (mrmp's default): each step trains the lower trained rates in turn with
-    labels and distils its logits into the highest rate and one rate between."""
+    labels and distils its logits into one sparse end (the highest rate and the reach end in
+    turn) and one rate between."""
     model, pruner = attached("mrmp", (0.5, 0.9, 0.99), tiny_gcn(num_classes=tiny_data.num_classes))
     x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+    ends = []
     for step in range(4):
         pruner.on_step(step / 3)
         assert pruner.current_rate == (0.5, 0.9)[step % 2]
         students = pruner.student_rates()
-        assert students[0] == 0.99 and 0.9 <= students[1] <= 0.995  # --reach 2 by default
+        assert len(students) == 2 and 0.9 <= students[1] <= 0.995  # --reach 2 by default
+        ends.append(students[0])
         logits = model(x)
         kl_only = float(pruner.kl().detach())
         total = pruner.loss()
@@ -243,6 +246,7 @@ def test_sandwich_distils_the_step_network_into_sparser_ones(tiny_data):
     with torch.no_grad():  # evaluation forward passes are not captured
         model(x)
     assert pruner._captured is None
+    assert ends == [pytest.approx(0.995), 0.99] * 2  # on_step counts the step first
 
 
 @pytest.mark.parametrize(("weight", "edge"), [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.5, 0.25)])
@@ -257,7 +261,7 @@ def test_students_fit_the_labels_with_their_weight(tiny_data, weight, edge):
         torch.manual_seed(0)
         model, pruner = attached(
             "mrmp", (0.5, 0.9, 0.99), tiny_gcn(num_classes=tiny_data.num_classes),
-            student_labels=weight, reach_student=edge,
+            student_labels=weight, reach_student=edge, ends="both",
         )  # fmt: skip
         for module in model.modules():  # the passes below recompute the students' exactly
             if isinstance(module, torch.nn.Dropout):
@@ -299,7 +303,7 @@ def test_sandwich_with_every_rate_labelled():
     """--labelled all: the labelled pass takes every trained rate in turn, the highest included,
     and a step at the highest distils only into the reach end and the random rate (not into
     itself)."""
-    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), labelled="all")
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), labelled="all", ends="both")
     for step in range(6):
         pruner.on_step(step / 5)
         assert pruner.current_rate == (0.5, 0.9, 0.99)[step % 3]
@@ -395,7 +399,7 @@ def test_bad_reach_student_weight_is_refused(weight):
 
 def test_more_random_students_each_get_their_own_rate():
     """--random-students 3: three random students a step, each at its own rate in the range."""
-    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), random_students=3)
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), random_students=3, ends="both")
     pruner.on_step(0.0)
     students = pruner.student_rates()
     assert students[:2] == [0.99, pytest.approx(0.995)]  # the highest, the reach end
@@ -470,6 +474,32 @@ def test_selected_epoch_is_scored_over_the_selection_rates(tiny_data):
             assert val["accuracy"] == pytest.approx(result.val_accuracy_by_rate[rate])
     assert len(scored) == 4  # 0.5, 0.9, their middle and the reach end 0.95
     assert result.best_val_accuracy == pytest.approx(sum(scored) / len(scored))
+
+
+@pytest.mark.parametrize(("score_from", "first"), [(0.5, 2), (0.0, 1), (0.6, 3)])
+def test_mrmp_scores_epochs_only_from_score_from_on(tiny_data, score_from, first):
+    """--score-from f: the epochs before f x the fine-tune are not scored on validation and never
+    kept; the later ones are, and the kept one is the best of them."""
+    model = tiny_gcn(num_classes=tiny_data.num_classes)
+    options = {"score_from": score_from, "average": 1}
+    pruner = create_method("mrmp", PruneSpec((0.5, 0.9)), options)
+    pruner.attach(model.train(), model.unit_graph())
+    config = TrainConfig(epochs=4, batch_size=32, lr=0.01, seed=0, progress=False)
+    result = fit(model, tiny_data, config, pruner)
+    scored = {
+        r["epoch"]: r["val_accuracy"] for r in result.history if r["val_accuracy"] is not None
+    }
+    assert sorted(scored) == list(range(first, 5))
+    assert result.best_epoch >= first
+    assert result.best_val_accuracy == max(scored.values())
+
+
+def test_score_from_is_mrmps_and_checked():
+    assert attached("mrmp", (0.5, 0.9))[1].selection_start() == 0.5
+    assert attached("srmp", (0.9,))[1].selection_start() == 0.0
+    for bad in (-0.1, 1.0, 2.0, float("nan")):
+        with pytest.raises(GcnshrinkError, match="--score-from must be"):
+            create_method("mrmp", PruneSpec((0.5, 0.9)), {"score_from": bad})
 
 
 # ---------------------------------------------------------------------------- training
@@ -824,20 +854,25 @@ def test_sweep_trains_mrmp_once_per_seed_and_draws_it_as_a_curve(
     assert (tmp_path / "accuracy_vs_params.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(("reach", "weight"), [(1.0, 1.0), (2.0, 1.0), (2.0, 0.5), (2.0, 0.0)])
-def test_reach_student_trains_the_end_of_the_reach_range_every_step(reach, weight):
-    """--reach-student w (mrmp's default 1): every sandwich step also distils into the network at
-    the end of the --reach range (0.995 for 0.99 at R = 2), its term times w; with --reach 1 that
-    is the highest rate, already a student, and with w = 0 nothing is added."""
-    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), reach=reach, reach_student=weight)
+@pytest.mark.parametrize("ends", ["alternate", "both"])
+@pytest.mark.parametrize(("reach", "weight"), [(2.0, 1.0), (2.0, 0.25), (1.0, 1.0), (2.0, 0.0)])
+def test_reach_student_trains_the_end_of_the_reach_range(reach, weight, ends):
+    """--reach-student w (mrmp's default 1): sandwich steps also distil into the network at the
+    end of the --reach range (0.995 for 0.99 at R = 2), its term times w; --ends alternate (the
+    default) takes it in turn with the highest trained rate, one a step, --ends both every step.
+    With --reach 1 that end is the highest rate, already a student; with w = 0 nothing is added."""
+    _, pruner = attached("mrmp", (0.5, 0.9, 0.99), reach=reach, reach_student=weight, ends=ends)
     for step in range(6):
         pruner.on_step(step / 5)
-        students = pruner.student_rates()
-        assert students[0] == 0.99
-        if reach > 1 and weight > 0:
-            assert len(students) == 3 and students[1] == pytest.approx(0.995)
-            assert [w for _, w in pruner.student_weights()] == [1.0, weight, 1.0]
+        students, weights = pruner.student_rates(), [w for _, w in pruner.student_weights()]
+        assert 0.9 <= students[-1] <= 0.995 and weights[-1] == 1.0  # the random student
+        if not (reach > 1 and weight > 0):
+            assert students[0] == 0.99 and weights == [1.0, 1.0]
+        elif ends == "both":
+            assert students[:2] == [0.99, pytest.approx(0.995)] and weights == [1.0, weight, 1.0]
+        elif step % 2 == 0:  # on_step counts the step first: steps 1, 3, 5 take the reach end
+            assert students[0] == pytest.approx(0.995) and weights == [weight, 1.0]
         else:
-            assert len(students) == 2 and students[1] != 0.99
-            assert [w for _, w in pruner.student_weights()] == [1.0, 1.0]
-    assert create_method("mrmp", PruneSpec((0.5, 0.9))).options.reach_student == 1.0
+            assert students[0] == 0.99 and weights == [1.0, 1.0]
+    defaults = create_method("mrmp", PruneSpec((0.5, 0.9))).options
+    assert (defaults.reach_student, defaults.ends) == (1.0, "alternate")

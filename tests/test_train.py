@@ -99,6 +99,9 @@ class _AveragingStub:
     def selection_rates(self) -> tuple[float, ...]:
         return (0.5,)
 
+    def selection_start(self) -> float:
+        return 0.0
+
     def masks_at(self, rate: float) -> dict:
         return {}
 

@@ -13,7 +13,8 @@ A method lives in one file. It declares
   that needs them; a loop that never calls it gets the term without them),
   ``param_groups(model)`` (optimizer groups, e.g. its own learning rates), ``ready()`` (whether
   the current state may be selected on validation), ``selection_rates()`` (the rates whose mean
-  validation accuracy scores an epoch), ``averaged_epochs()`` (N > 1: the average of the last N
+  validation accuracy scores an epoch), ``selection_start()`` (the fraction of the fine-tune
+  before which no epoch is scored), ``averaged_epochs()`` (N > 1: the average of the last N
   epochs' weights is also a candidate for selection) and ``status()``;
 - the result: ``masks_at(rate)``, boolean keep-masks for any rate it can serve (``serves(rate)``):
   the one rate it trained for, or, for a multi-rate method, any rate in (0, 1); and
@@ -350,6 +351,11 @@ class PruningMethod:
         selects the epoch kept): the trained rates; a multi-rate method may add the untrained
         rates it serves."""
         return self.spec.rates
+
+    def selection_start(self) -> float:
+        """The fraction of the fine-tune before which no epoch is scored on validation (their
+        states still count for ``averaged_epochs``): 0, every epoch is a candidate."""
+        return 0.0
 
     def averaged_epochs(self) -> int:
         """N > 1: at the end of the fine-tune, the average of the weights at the ends of the last

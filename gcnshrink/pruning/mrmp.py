@@ -39,10 +39,12 @@ What is implemented; docs/methods.md ("SRMP and MRMP") has the measurements behi
   highest; measured in ``benchmarks/mrmp_gap.py``: the untrained rates that fall behind are the
   high ones, between the two highest trained rates and beyond); ``--reach 2`` (default) extends
   that range past the highest trained rate, to the rate keeping half its weights, and
-  ``--reach-student 1`` (default) distils into the network at that end too, every step (a third
-  student; its weight in the loss, 0: none). The epoch kept
+  ``--reach-student 1`` (default) distils into the network at that end too (its weight in the
+  loss, 0: none): ``--ends alternate`` (default) distils into the highest trained rate and that
+  end in turn, one a step, ``both`` into both every step (one more pass a step). The epoch kept
   is the best on validation over the range served (``selection_rates``: the trained rates, their
-  log-midpoints, the reach end); with ``--average N`` (mrmp default 5, srmp 1) the average of the
+  log-midpoints, the reach end), scored from half-way through the fine-tune on (``--score-from
+  0.5``); with ``--average N`` (mrmp default 5, srmp 1) the average of the
   last N epochs' weights is a candidate too, kept when it scores above every single epoch.
   mrmp's band-stop is wider than srmp's (temperature 1.0 -> 0.1, srmp 0.3 -> 0.03): it couples
   the networks of neighbouring rates. ``--student-labels w`` (default 0.5): each student's term
@@ -673,8 +675,22 @@ class MRMPOptions(SRMPOptions):
     # hands' 0.97 / 0.985 0.9 / 0.6 pp (to -3.6 / -2.4)
     reach_student: float = option(
         1.0,
-        "Weight of one more distilled student each step of --distill sandwich, at the end of the "
-        "--reach range (mrmp; 0: none): one more forward/backward pass per step.",
+        "Weight of one more distilled student of --distill sandwich, at the end of the --reach "
+        "range (mrmp; 0: none); --ends says whether it takes turns with the highest trained "
+        "rate or costs one more forward/backward pass a step.",
+    )
+    # with the highest trained rate and the reach end distilled every step, hands' 0.97 / 0.985
+    # stayed 3.6 / 2.4 pp behind per-rate srmp at the per-rate runs' epochs; with 1.5x the epochs
+    # they close, at 0.70x / 0.72x the time of the seven per-rate runs (hands / sbu). Measured
+    # over 3 seeds on one machine (docs/methods.md, "One end a step, 1.5x the epochs"): in turn,
+    # at 1.5x the epochs, every rate of hands and sbu is within 2 pp of per-rate srmp (worst
+    # -1.6 / -1.6; both: -1.5 / -1.8) at 0.61x their time; at 1x it is worse (-3.7 / -4.9)
+    ends: str = option(
+        "alternate",
+        "With --reach-student (mrmp): distil into the highest trained rate and into the end of "
+        "the --reach range in turn, one of them a step (alternate), or both every step (both: "
+        "one more forward/backward pass a step).",
+        choices=("alternate", "both"),
     )
     random_students: int = option(
         1,
@@ -719,6 +735,15 @@ class MRMPOptions(SRMPOptions):
         "distillation from the step's network plus w times the cross-entropy with the labels "
         "(0: distillation alone).",
     )
+    # mrmp scores an epoch at its whole selection grid (nine rates for 0.5, 0.9, 0.95, 0.99, one
+    # of them with a consistent projection). Its networks climb through the fine-tune: in every
+    # benchmark run of 2026-12-03 (hands and sbu, 3 seeds, 1x to 2x the epochs) the epoch kept
+    # was in the second half, so not scoring the first half keeps the same epoch, sooner
+    score_from: float = option(
+        0.5,
+        "Score epochs on validation only from this fraction of the fine-tune on (mrmp; 0: every "
+        "epoch); the earlier ones still count for --average.",
+    )
     projected_students: bool = option(
         False,
         "Train the students past the highest trained rate (random, --reach-student) with the masks "
@@ -738,6 +763,8 @@ class MRMPOptions(SRMPOptions):
             raise GcnshrinkError(
                 f"--reach-student must be a finite number >= 0, got {self.reach_student}"
             )
+        if not 0.0 <= self.score_from < 1.0:
+            raise GcnshrinkError(f"--score-from must be a number in [0, 1), got {self.score_from}")
         if not 0.0 <= self.student_labels <= 1.0:
             raise GcnshrinkError(
                 f"--student-labels must be a number from 0 to 1, got {self.student_labels}"
@@ -827,6 +854,9 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         reached = self.options.distill == "sandwich" and len(rates) > 1 and end > rates[-1]
         return tuple(sorted({*rates, *middles, *([end] if reached else [])}))
 
+    def selection_start(self) -> float:
+        return self.options.score_from
+
     def student_rates(self) -> list[float]:
         return [rate for rate, _ in self.student_weights()]
 
@@ -844,7 +874,11 @@ class MultiRateMagnitudePruning(SingleRateMagnitudePruning):
         high = self.reach_end()
         students = list(highest)
         if self.options.reach_student > 0 and high > rates[-1]:
-            students.append((high, self.options.reach_student))
+            reach = [(high, self.options.reach_student)]
+            if self.options.ends == "alternate" and highest:
+                students = highest if self.steps % 2 == 0 else reach  # one end a step, in turn
+            else:
+                students += reach
         drawn = self.uniform(1, self.options.random_students)
         return [*students, *((log_uniform_rate(low, high, u), 1.0) for u in drawn)]
 
